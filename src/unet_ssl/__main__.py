@@ -1,0 +1,3 @@
+from unet_ssl.cli import main
+
+main()

@@ -1,0 +1,55 @@
+"""Checkpoints: written atomically, loadable with `torch.load(weights_only=True)`, carrying the
+architecture they were made with and a format version."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from unet_ssl.model import UNet, UNetConfig
+
+FORMAT_VERSION = 1
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """Writes to a temporary file in the same folder, then renames: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt files
+        raise ValueError(f"checkpoint {path} cannot be read: {e}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"checkpoint {path} has format version {ckpt.get('format_version') if isinstance(ckpt, dict) else None}; expected {FORMAT_VERSION}")
+    return ckpt
+
+
+def model_checkpoint(model: UNet, **extra) -> dict:
+    return {"format_version": FORMAT_VERSION, "arch": model.config.to_dict(), "model": model.state_dict(), **extra}
+
+
+def check_arch(ckpt_arch: dict, wanted: UNetConfig, path: Path, ignore: tuple[str, ...] = ()) -> None:
+    """Fails with a message naming every architecture field that differs."""
+    have = UNetConfig.from_dict(ckpt_arch).to_dict()
+    want = wanted.to_dict()
+    diffs = [f"{k}: checkpoint has {have[k]}, requested {want[k]}" for k in want if k not in ignore and have[k] != want[k]]
+    if diffs:
+        raise ValueError(f"checkpoint {path} does not match the requested architecture: " + "; ".join(diffs))
+
+
+def load_model(path: Path) -> UNet:
+    """Rebuilds a full U-Net from a checkpoint written by `model_checkpoint`."""
+    ckpt = load(path)
+    model = UNet(UNetConfig.from_dict(ckpt["arch"]))
+    model.load_state_dict(ckpt["model"])
+    return model

@@ -1,0 +1,114 @@
+"""`unet-ssl`: one subcommand per pipeline stage, plus data management and folder evaluation."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from unet_ssl.config import load_params
+
+
+def _stage(module: str, func: str = "run"):
+    def call(args: argparse.Namespace) -> None:
+        import importlib
+
+        getattr(importlib.import_module(f"unet_ssl.stages.{module}"), func)(load_params(args.params))
+    return call
+
+
+def _data_import(args: argparse.Namespace) -> None:
+    from unet_ssl import data_sources
+
+    data_sources.copy_tree(Path(args.path))
+    if not args.no_dvc:
+        data_sources.dvc_add()
+    print(f"imported {args.path} into {data_sources.RAW}; commit data.dvc to version it")
+
+
+def _data_sample(args: argparse.Namespace) -> None:
+    from unet_ssl import data_sources
+
+    copied = data_sources.use_sample(force=args.force)
+    if not args.no_dvc:
+        data_sources.dvc_add()
+    print(f"{'copied the embedded sample to' if copied else 'kept the existing'} {data_sources.RAW}")
+
+
+def _data_download(args: argparse.Namespace) -> None:
+    from unet_ssl import data_sources
+
+    data_sources.download_pets()
+    if not args.no_dvc:
+        data_sources.dvc_add()
+    print(f"Oxford-IIIT Pet is in {data_sources.RAW}; commit data.dvc to version it")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    if args.checkpoint is None:
+        return _stage("evaluate")(args)
+    from unet_ssl.stages.evaluate import evaluate_folder
+
+    missing = [n for n in ("images", "trimaps", "out") if getattr(args, n) is None]
+    if missing:
+        raise SystemExit(f"unet-ssl evaluate --checkpoint also needs {', '.join('--' + m for m in missing)}")
+    evaluate_folder(Path(args.checkpoint), Path(args.images), Path(args.trimaps), Path(args.out), args.batch_size)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unet-ssl", description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="bring data into data/raw and version it with DVC").add_subparsers(dest="action", required=True)
+    p = data.add_parser("import", help="copy a folder in the shared layout (oxford-iiit-pet/, pretrain/) into data/raw")
+    p.add_argument("path")
+    p.add_argument("--no-dvc", action="store_true", help="do not run `dvc add`")
+    p.set_defaults(func=_data_import)
+    p = data.add_parser("sample", help="put the embedded real sample in data/raw (if empty)")
+    p.add_argument("--force", action="store_true", help="replace data/raw even if it exists")
+    p.add_argument("--no-dvc", action="store_true")
+    p.set_defaults(func=_data_sample)
+    p = data.add_parser("download", help="fetch Oxford-IIIT Pet with torchvision (needs the internet)")
+    p.add_argument("--no-dvc", action="store_true")
+    p.set_defaults(func=_data_download)
+
+    stages = {
+        "prepare-pets": ("prepare", "run_pets", "decode, resize and split the pets into data/prepared/pets"),
+        "prepare-pretrain": ("prepare", "run_pretrain", "decode the pretraining shards into data/prepared/pretrain"),
+        "validate": ("validate", "run", "great-expectations checks of the prepared data"),
+        "pretrain": ("pretrain", "run", "self-supervised pretraining (pretrain.method)"),
+        "finetune": ("finetune", "run", "Dice-loss fine-tuning on the pets"),
+        "report": ("report", "run", "markdown report with figures in reports/"),
+    }
+    for name, (module, func, help_) in stages.items():
+        sub.add_parser(name, help=help_).set_defaults(func=_stage(module, func))
+
+    p = sub.add_parser("evaluate", help="test-split scores (pipeline stage), or score any folder with --checkpoint")
+    p.add_argument("--checkpoint", help="a fine-tuned checkpoint (.pt); with it, evaluate folders instead of the test split")
+    p.add_argument("--images", help="folder of images")
+    p.add_argument("--trimaps", help="folder of trimaps with official values 1/2/3, matched to images by file stem")
+    p.add_argument("--out", help="JSON file for the scores")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "great_expectations", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        from unet_ssl.images import BadInputError
+
+        if isinstance(e, (BadInputError, FileNotFoundError)) or type(e).__name__ in ("DataValidationError", "NonFiniteLossError"):
+            print(f"unet-ssl {args.command}: error: {e}", file=sys.stderr)
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

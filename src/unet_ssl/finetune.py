@@ -1,0 +1,166 @@
+"""Supervised fine-tuning on pet trimaps with Dice loss, from a pretrained checkpoint or from
+scratch; frozen or trainable encoder; keeps the weights of the best validation epoch."""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from unet_ssl import augment, checkpoint
+from unet_ssl.losses import dice_loss
+from unet_ssl.metrics import ConfusionMatrix
+from unet_ssl.model import UNet, UNetConfig, freeze_encoder, train_mode
+from unet_ssl.runtime import Runtime, check_finite
+
+log = logging.getLogger(__name__)
+
+NUM_CLASSES = 3
+FULL_TRAINING_FRACTION = 0.9  # finetune.subset is a fraction of the whole labelled set; 0.9 = all of train
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    subset: float = 0.9
+    freeze_encoder: bool = True
+    skip_connections: bool = True
+    image_size: int = 128
+    augment: str = "none"  # "none" (the paper), "flip", or "flip_crop"
+    select_best: bool = True  # keep the weights of the epoch with the best validation Jaccard
+
+    def __post_init__(self):
+        if not 0 < self.subset <= FULL_TRAINING_FRACTION:
+            raise ValueError(f"finetune.subset must be in (0, {FULL_TRAINING_FRACTION}], got {self.subset}")
+        if self.augment not in ("none", "flip", "flip_crop"):
+            raise ValueError(f"finetune.augment must be 'none', 'flip' or 'flip_crop', got {self.augment!r}")
+
+
+def subset_indices(train_indices: torch.Tensor, subset: float, seed: int) -> torch.Tensor:
+    """A seeded subset of the training split holding `subset / 0.9` of it. The order is fixed by the
+    seed alone, so smaller subsets are nested inside larger ones."""
+    order = torch.randperm(len(train_indices), generator=torch.Generator().manual_seed(seed))
+    k = max(1, round(len(train_indices) * subset / FULL_TRAINING_FRACTION))
+    return train_indices[order[:k]].sort().values
+
+
+def build_model(cfg: FinetuneConfig, pretrained: dict | None, source: Path | None = None) -> UNet:
+    """A segmentation U-Net initialised from a pretraining checkpoint: the encoder always, the
+    decoder too when it was pretrained (masked autoencoders); the 1x1 head is always fresh."""
+    arch = UNetConfig(out_channels=NUM_CLASSES, skip_connections=cfg.skip_connections)
+    model = UNet(arch)
+    if pretrained is None or not pretrained.get("pretrained_parts"):
+        return model
+    parts = pretrained["pretrained_parts"]
+    checkpoint.check_arch(pretrained["arch"], arch, source or Path("<pretrained>"),
+                          ignore=("out_channels",) if "decoder" in parts else ("out_channels", "skip_connections"))
+    state = {k: v for k, v in pretrained["model"].items() if k.split(".")[0] in parts}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected
+    return model
+
+
+def predict(model: UNet, images: torch.Tensor, runtime: Runtime, batch_size: int) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) -> predicted class maps (N, H, W), batch by batch."""
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, images.shape[0], batch_size):
+            x = runtime.batch(augment.to_float(images[i:i + batch_size]))
+            with runtime.autocast():
+                out.append(model(x).argmax(1).cpu())
+    return torch.cat(out) if out else torch.empty(0, *images.shape[2:], dtype=torch.long)
+
+
+def validation_scores(model: UNet, images: torch.Tensor, masks: torch.Tensor, runtime: Runtime, batch_size: int) -> dict:
+    cm = ConfusionMatrix(NUM_CLASSES)
+    cm.update(predict(model, images, runtime, batch_size), masks)
+    return cm.scores()
+
+
+def finetune(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    train_idx: torch.Tensor,
+    val_idx: torch.Tensor,
+    cfg: FinetuneConfig,
+    pretrained: dict | None,
+    runtime: Runtime,
+    generator: torch.Generator,
+    resume_path: Path | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    pretrained_path: Path | None = None,
+) -> dict:
+    """Trains on `images[train_idx]`; returns a checkpoint dict of the selected weights with history."""
+    model = build_model(cfg, pretrained, pretrained_path)
+    if cfg.freeze_encoder:
+        freeze_encoder(model)
+    model = runtime.model(model)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    run_key = {**asdict(cfg), "n_train": len(train_idx), "n_val": len(val_idx),
+               "pretrained_method": (pretrained or {}).get("method", "none")}
+    start_epoch, history, best = 0, [], None
+    if resume_path is not None and Path(resume_path).is_file():
+        state = checkpoint.load(resume_path)
+        if state.get("run_key") == run_key:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            generator.set_state(state["generator"])
+            start_epoch, history, best = state["epoch"], state["history"], state.get("best")
+            log.info("resuming fine-tuning from %s after epoch %d", resume_path, start_epoch)
+        else:
+            log.warning("ignoring %s: it was written with other settings", resume_path)
+    train_images, train_masks = images[train_idx], masks[train_idx]
+    val_images, val_masks = images[val_idx], masks[val_idx]
+    n = len(train_idx)
+    batch_size = min(cfg.batch_size, n)
+    last_loss = None
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        train_mode(model, cfg.freeze_encoder)
+        order = torch.randperm(n, generator=generator)
+        total, steps = 0.0, 0
+        bar = tqdm(range(0, n, batch_size), desc=f"finetune epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
+        for step, start in enumerate(bar):
+            idx = order[start:start + batch_size]
+            x, y = augment.to_float(train_images[idx]), train_masks[idx]
+            if cfg.augment != "none":
+                x, y = augment.paired_flip_crop(x, y, generator, crop=cfg.augment == "flip_crop")
+            x, y = runtime.batch(x), y.to(runtime.device, non_blocking=True)
+            with runtime.autocast():
+                logits = model(x)
+            loss = dice_loss(logits, y)
+            last_loss = check_finite(loss, "finetune", epoch, step, last_loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, steps = total + last_loss, steps + 1
+            bar.set_postfix(loss=f"{last_loss:.4f}")
+        row = {"epoch": epoch, "train_loss": total / steps}
+        if len(val_idx):
+            scores = validation_scores(model, val_images, val_masks, runtime, batch_size)
+            row |= {"val_f1": scores["f1"], "val_jaccard": scores["jaccard"]}
+            if cfg.select_best and (best is None or scores["jaccard"] > best["val_jaccard"]):
+                best = {"epoch": epoch, "val_jaccard": scores["jaccard"],
+                        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        history.append(row)
+        if on_epoch:
+            on_epoch(epoch, row)
+        if resume_path is not None:
+            checkpoint.save_atomic({
+                "format_version": checkpoint.FORMAT_VERSION, "run_key": run_key, "epoch": epoch, "history": history,
+                "best": best, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(), "generator": generator.get_state(),
+            }, resume_path)
+    model = model.cpu()
+    selected_epoch = cfg.epochs
+    if best is not None:
+        model.load_state_dict(best["model"])
+        selected_epoch = best["epoch"]
+    return checkpoint.model_checkpoint(model, history=history, selected_epoch=selected_epoch,
+                                       config=asdict(cfg), pretrained_method=run_key["pretrained_method"])

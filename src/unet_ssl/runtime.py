@@ -1,0 +1,66 @@
+"""Device, precision and seeding choices shared by every training and evaluation loop."""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    precision: str  # "fp32" or "bf16"
+    channels_last: bool
+
+    def autocast(self):
+        """bf16 autocast where asked for, otherwise a no-op context."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Moves a batch to the device (non-blocking from pinned memory), channels_last for images."""
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def model(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+
+def make_runtime(params: dict) -> Runtime:
+    """From the `runtime` group of params.yaml: device 'auto' picks CUDA when present."""
+    name = params.get("device", "auto")
+    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+    precision = params.get("precision", "fp32")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"runtime.precision must be 'fp32' or 'bf16', got {precision!r}")
+    if params.get("num_threads"):
+        torch.set_num_threads(int(params["num_threads"]))
+    return Runtime(device, precision, bool(params.get("channels_last", True)))
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seeds Python and torch; returns a generator for the data-side randomness (views, masks, order)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss becomes NaN or inf, naming where it happened."""
+
+
+def check_finite(loss: torch.Tensor, stage: str, epoch: int, step: int, last_finite: float | None) -> float:
+    value = loss.item()
+    if not math.isfinite(value):
+        raise NonFiniteLossError(
+            f"{stage}: loss became {value} at epoch {epoch}, step {step} (last finite loss: {last_finite}); "
+            "lower the learning rate or check the input data"
+        )
+    return value

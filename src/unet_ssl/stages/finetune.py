@@ -1,0 +1,49 @@
+"""Stage `finetune`: Dice-loss fine-tuning from the pretrained checkpoint; logs the model to MLflow."""
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+
+from unet_ssl import checkpoint
+from unet_ssl.finetune import FinetuneConfig, finetune, subset_indices
+from unet_ssl.model import UNet, UNetConfig
+from unet_ssl.runtime import make_runtime, seed_everything
+from unet_ssl.stages.common import FINETUNED, METRICS, PETS, PRETRAINED, RESUME, load_tensors, split_indices
+from unet_ssl.tracking import stage_run
+
+
+def run(params: dict) -> None:
+    cfg = FinetuneConfig(**params["finetune"])
+    runtime = make_runtime(params["runtime"])
+    generator = seed_everything(params["seed"])
+    pets = load_tensors(PETS)
+    if pets["images"].shape[-1] != cfg.image_size:
+        raise ValueError(f"{PETS} holds {pets['images'].shape[-1]}px images but finetune.image_size is {cfg.image_size}; "
+                         "set data.image_size to the same value")
+    train_idx = subset_indices(split_indices(pets["split"], "train"), cfg.subset, params["seed"])
+    val_idx = split_indices(pets["split"], "val")
+    pretrained = checkpoint.load(PRETRAINED)
+    tags = {"method": pretrained["method"], "freeze_encoder": cfg.freeze_encoder, "skip_connections": cfg.skip_connections,
+            "subset": cfg.subset, "seed": params["seed"]}
+    with stage_run("finetune", params, tags) as run:
+        run.log_metrics({"n_train": len(train_idx), "n_val": len(val_idx)})
+        start = time.perf_counter()
+        resume = RESUME / "finetune.pt"
+        result = finetune(pets["images"], pets["masks"], train_idx, val_idx, cfg, pretrained, runtime, generator,
+                          resume_path=resume, on_epoch=lambda e, row: run.log_metrics(row, step=e),
+                          pretrained_path=PRETRAINED)
+        seconds = time.perf_counter() - start
+        checkpoint.save_atomic(result, FINETUNED)
+        resume.unlink(missing_ok=True)
+        METRICS.mkdir(exist_ok=True)
+        pd.DataFrame(result["history"]).to_csv(METRICS / "finetune_history.csv", index=False)
+        run.log_metrics({"finetune_seconds": seconds, "selected_epoch": result["selected_epoch"]})
+        run.log_artifact(FINETUNED, "checkpoints")
+        model = UNet(UNetConfig.from_dict(result["arch"]))
+        model.load_state_dict(result["model"])
+        run.log_pytorch_model(model, cfg.image_size)
+    best = max((r.get("val_jaccard", float("nan")) for r in result["history"]), default=float("nan"))
+    print(f"finetune: {len(train_idx)} training images ({cfg.subset:.0%} of the labelled set), {cfg.epochs} epochs, "
+          f"encoder {'frozen' if cfg.freeze_encoder else 'trained'}, skips {'on' if cfg.skip_connections else 'off'}; "
+          f"best val Jaccard {best:.3f} at epoch {result['selected_epoch']}, {seconds:.0f}s")

@@ -1,0 +1,96 @@
+"""great-expectations suites over the prepared manifests: what must hold before any training.
+
+Each suite runs on a pandas frame: the manifest itself, or a small summary of it (split sizes,
+class presence) where the check is about the table as a whole."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+CLASS_COLUMNS = {"pet": "pet_fraction", "background": "background_fraction", "border": "border_fraction"}
+
+
+@dataclass
+class Suite:
+    name: str
+    frame: pd.DataFrame
+    expectations: list
+
+
+def expected_split_sizes(n: int, data_params: dict) -> dict[str, int]:
+    n_test = max(1, round(data_params["test_fraction"] * n))
+    n_val = max(1, round(data_params["val_fraction"] * (n - n_test))) if data_params["val_fraction"] > 0 else 0
+    return {"train": n - n_test - n_val, "val": n_val, "test": n_test}
+
+
+def pets_suites(manifest: pd.DataFrame, data_params: dict) -> list[Suite]:
+    import great_expectations as gx
+
+    E = gx.expectations
+    per_image = Suite("pets_manifest", manifest, [
+        E.ExpectTableRowCountToBeBetween(min_value=1),
+        *[E.ExpectColumnValuesToNotBeNull(column=c) for c in ("name", "image_file", "mask_file", "split", "sha256")],
+        E.ExpectColumnValuesToBeUnique(column="name"),
+        E.ExpectColumnValuesToBeUnique(column="sha256", meta={"why": "the same photo must not sit in two splits"}),
+        E.ExpectColumnPairValuesToBeEqual(column_A="width", column_B="mask_width"),
+        E.ExpectColumnPairValuesToBeEqual(column_A="height", column_B="mask_height"),
+        E.ExpectColumnValuesToBeInSet(column="mode", value_set=["RGB"]),
+        E.ExpectColumnValuesToMatchRegex(column="trimap_values", regex=r"^[123](?: [123])*$"),
+        E.ExpectColumnValuesToMatchRegex(column="class_values", regex=r"^[012](?: [012])*$"),
+        E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
+        *[E.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=1) for c in CLASS_COLUMNS.values()],
+    ])
+    counts = manifest["split"].value_counts()
+    sizes = pd.DataFrame({"split": list(SPLITS), "count": [int(counts.get(s, 0)) for s in SPLITS]})
+    size_expectations = [E.ExpectColumnValuesToBeBetween(column="count", min_value=1, condition_parser="pandas",
+                                                         row_condition='split=="train"')]
+    if data_params["split"] == "random":
+        expected = expected_split_sizes(len(manifest), data_params)
+        sizes["expected"] = [expected[s] for s in SPLITS]
+        size_expectations.append(E.ExpectColumnPairValuesToBeEqual(column_A="count", column_B="expected"))
+    train = manifest[manifest["split"] == "train"]
+    presence = pd.DataFrame({"class": list(CLASS_COLUMNS),
+                             "train_images_with_class": [int((train[c] > 0).sum()) for c in CLASS_COLUMNS.values()]})
+    return [
+        per_image,
+        Suite("pets_split_sizes", sizes, size_expectations),
+        Suite("pets_class_presence", presence, [E.ExpectColumnValuesToBeBetween(column="train_images_with_class", min_value=1)]),
+    ]
+
+
+def pretrain_suites(manifest: pd.DataFrame) -> list[Suite]:
+    import great_expectations as gx
+
+    E = gx.expectations
+    return [Suite("pretrain_manifest", manifest, [
+        E.ExpectTableRowCountToBeBetween(min_value=2),
+        E.ExpectColumnValuesToNotBeNull(column="member"),
+        E.ExpectCompoundColumnsToBeUnique(column_list=["shard", "member"]),
+        E.ExpectColumnValuesToMatchRegex(column="wnid", regex=r"^n\d{8}$"),
+    ])]
+
+
+def run_suite(suite: Suite) -> list[dict]:
+    """Runs one suite with an ephemeral GX context; returns one row per expectation."""
+    import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral")
+    batch = (context.data_sources.add_pandas(suite.name).add_dataframe_asset("frame")
+             .add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": suite.frame}))
+    gx_suite = context.suites.add(gx.ExpectationSuite(name=suite.name))
+    for e in suite.expectations:
+        gx_suite.add_expectation(e)
+    rows = []
+    for r in batch.validate(gx_suite).results:
+        kwargs = r.expectation_config.kwargs
+        res = r.result or {}
+        rows.append({
+            "suite": suite.name,
+            "expectation": r.expectation_config.type,
+            "column": kwargs.get("column") or ",".join(str(kwargs[k]) for k in ("column_A", "column_B", "column_list") if k in kwargs),
+            "success": bool(r.success),
+            "details": str(res.get("partial_unexpected_list") or res.get("observed_value") or r.exception_info.get("exception_message") or ""),
+        })
+    return rows
