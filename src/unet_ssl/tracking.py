@@ -71,13 +71,12 @@ def _find_parent(mlflow, experiment_id: str, key: str):
     return runs[0].info.run_id if runs else None
 
 
-def _experiment_id(mlflow, root: Path) -> str:
+def _experiment_id(mlflow) -> str:
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
         return experiment.experiment_id
-    artifacts = None if os.environ.get("MLFLOW_TRACKING_URI") else (repo_root(root) / "mlruns" / "artifacts").as_uri()
-    try:
-        return mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+    try:  # with the SQLite store MLflow puts artifacts beside the database, under mlruns/<experiment id>/
+        return mlflow.create_experiment(EXPERIMENT)
     except Exception:  # another process created it first
         return mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
 
@@ -142,7 +141,7 @@ def stage_run(stage: str, params: dict, tags: dict | None = None):
         return
     root = repo_root()
     mlflow.set_tracking_uri(tracking_uri(root))
-    experiment_id = _experiment_id(mlflow, root)
+    experiment_id = _experiment_id(mlflow)
     commit = git_commit(root)
     key = group_key(params, commit)
     base_tags = {
@@ -185,7 +184,7 @@ def log_to_pipeline(params: dict, metrics: dict) -> None:
     root = repo_root()
     mlflow.set_tracking_uri(tracking_uri(root))
     key = group_key(params, git_commit(root))
-    experiment_id = _experiment_id(mlflow, root)
+    experiment_id = _experiment_id(mlflow)
     parent_id = _find_parent(mlflow, experiment_id, key)
     if parent_id:
         client = mlflow.MlflowClient()

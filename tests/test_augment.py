@@ -1,0 +1,59 @@
+import torch
+
+from unet_ssl import augment
+
+
+def images(n=4, size=32, seed=0):
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_simclr_views_have_the_requested_size_and_range_and_are_seeded():
+    x = images()
+    a = augment.simclr_view(x, 24, torch.Generator().manual_seed(5))
+    b = augment.simclr_view(x, 24, torch.Generator().manual_seed(5))
+    c = augment.simclr_view(x, 24, torch.Generator().manual_seed(6))
+    assert a.shape == (4, 3, 24, 24) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_the_whole_image_crop_is_the_identity():
+    x = augment.to_float(images(size=16))
+    out = augment.random_resized_crop(x, 16, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+
+
+def test_crops_are_drawn_per_sample():
+    x = augment.to_float(images(n=1, size=32)).repeat(8, 1, 1, 1)
+    out = augment.random_resized_crop(x, 16, torch.Generator().manual_seed(0))
+    assert len({tuple(o.flatten()[:20].tolist()) for o in out}) == 8
+
+
+def test_flip_flips_some_samples_exactly():
+    x = augment.to_float(images(n=64))
+    out = augment.random_horizontal_flip(x, torch.Generator().manual_seed(1))
+    flipped = [torch.equal(o, i.flip(-1)) for o, i in zip(out, x)]
+    kept = [torch.equal(o, i) for o, i in zip(out, x)]
+    assert all(f or k for f, k in zip(flipped, kept)) and 10 < sum(flipped) < 54
+
+
+def test_colour_jitter_with_zero_strength_is_the_identity_and_hsv_round_trips():
+    x = augment.to_float(images())
+    same = augment.color_jitter(x, torch.Generator().manual_seed(0), brightness=0, contrast=0, saturation=0, hue=0, p=1.0)
+    torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(augment._hsv_to_rgb(augment._rgb_to_hsv(x)), x, atol=1e-5, rtol=0)
+
+
+def test_colour_jitter_is_applied_to_about_p_of_the_images():
+    x = augment.to_float(images(n=200, size=8))
+    out = augment.color_jitter(x, torch.Generator().manual_seed(0), p=0.8)
+    changed = sum(not torch.allclose(o, i) for o, i in zip(out, x))
+    assert 140 < changed < 185
+
+
+def test_paired_flip_crop_moves_image_and_labels_together():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4).repeat(32, 3, 1, 1)
+    labels = torch.arange(16).reshape(1, 4, 4).repeat(32, 1, 1)
+    out_x, out_y = augment.paired_flip_crop(x, labels, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out_x[:, 0], out_y.float())
+    cx, cy = augment.paired_flip_crop(x, labels, torch.Generator().manual_seed(0), crop=True)
+    assert cy.dtype == torch.long and set(cy.unique().tolist()) <= set(range(16))

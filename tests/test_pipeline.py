@@ -1,0 +1,111 @@
+"""The whole pipeline on the embedded sample, in a temporary copy of the repository: `dvc repro`,
+then `dvc exp run --temp -S finetune.subset=...`, with a real DVC repo and a real MLflow store."""
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    ("data", "pretrain_limit"): 128,
+    ("pretrain", "epochs"): 1,
+    ("pretrain", "batch_size"): 64,
+    ("finetune", "epochs"): 2,
+    ("finetune", "batch_size"): 8,
+}
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> str:
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+def copy_repo(dest: Path) -> None:
+    """Copies what git would ship (tracked files and new files not ignored), nothing generated."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("pipeline") / "repo"
+    repo.mkdir()
+    copy_repo(repo)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for f in ("dvc.lock", "data.dvc"):
+        (repo / f).unlink(missing_ok=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for (group, key), value in TINY.items():
+        params[group][key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    run(["git", "init", "-q"], repo, env)
+    run(["unet-ssl", "data", "sample"], repo, env)
+    run([*git, "add", "-A"], repo, env)
+    run([*git, "commit", "-qm", "sample"], repo, env)
+    out = run(["dvc", "repro"], repo, env)
+    run([*git, "add", "-A"], repo, env)
+    run([*git, "commit", "-qm", "repro"], repo, env)
+    return repo, env, out
+
+
+def mlflow_rows(repo: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(repo / "mlruns" / "mlflow.db") as db:
+        return db.execute(sql).fetchall()
+
+
+def test_repro_writes_metrics_report_and_mlflow_runs(pipeline_repo):
+    repo, _, out = pipeline_repo
+    for stage in ("prepare_pets", "prepare_pretrain", "validate", "pretrain", "finetune", "evaluate", "report"):
+        assert f"Running stage '{stage}'" in out
+    scores = json.loads((repo / "metrics" / "evaluate.json").read_text())["test"]
+    assert 0 <= scores["jaccard"] <= 1 and 0 <= scores["f1"] <= 1 and scores["n_images"] > 0
+    assert set(scores["per_class"]["jaccard"]) == {"pet", "background", "border"}
+    assert (repo / "reports" / "pipeline.md").is_file() and (repo / "reports" / "figures" / "predictions.png").is_file()
+    stages = {r[0] for r in mlflow_rows(repo, "select value from tags where key = 'stage'")}
+    assert {"prepare_pets", "validate", "pretrain", "finetune", "evaluate", "report"} <= stages
+    # every stage run is nested under one pipeline run, which carries the test scores
+    parents = mlflow_rows(repo, "select run_uuid from tags where key = 'role' and value = 'pipeline'")
+    assert len(parents) == 1
+    children = mlflow_rows(repo, f"select count(*) from tags where key = 'mlflow.parentRunId' and value = '{parents[0][0]}'")
+    assert children[0][0] >= 7
+    metric = mlflow_rows(repo, f"select value from latest_metrics where key = 'test_jaccard' and run_uuid = '{parents[0][0]}'")
+    assert metric and metric[0][0] == pytest.approx(scores["jaccard"])
+    # the fine-tuned model is logged with MLflow's PyTorch flavour, per-epoch metrics are there
+    assert mlflow_rows(repo, "select count(*) from metrics where key = 'val_jaccard'")[0][0] >= TINY[("finetune", "epochs")]
+    assert list((repo / "mlruns").rglob("MLmodel"))
+
+
+def test_repro_again_does_nothing(pipeline_repo):
+    repo, env, _ = pipeline_repo
+    out = run(["dvc", "repro"], repo, env)
+    assert "Running stage" not in out
+
+
+def test_exp_run_with_a_new_subset_reruns_only_what_depends_on_it(pipeline_repo):
+    repo, env, _ = pipeline_repo
+    out = run(["dvc", "exp", "run", "--temp", "-S", "finetune.subset=0.1"], repo, env)
+    assert "Running stage 'finetune'" in out and "Running stage 'evaluate'" in out
+    for unchanged in ("prepare_pets", "prepare_pretrain", "validate", "pretrain"):
+        assert f"Running stage '{unchanged}'" not in out
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env))
+    experiments = [e for rev in shown for e in (rev.get("experiments") or [])]
+    assert experiments, "dvc exp show lists the experiment"
+    # the temporary copy logged into the repository's own store, tagged with the new subset
+    subsets = mlflow_rows(repo, "select t.value from tags t join tags s on t.run_uuid = s.run_uuid "
+                                "where t.key = 'subset' and s.key = 'stage' and s.value = 'finetune'")
+    assert ("0.1",) in subsets
+    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
