@@ -109,3 +109,22 @@ def test_exp_run_with_a_new_subset_reruns_only_what_depends_on_it(pipeline_repo)
                                 "where t.key = 'subset' and s.key = 'stage' and s.value = 'finetune'")
     assert ("0.1",) in subsets
     assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
+
+
+def test_evaluate_scores_any_folder_of_images_and_trimaps(pipeline_repo, tmp_path):
+    repo, env, _ = pipeline_repo
+    images, trimaps = tmp_path / "images", tmp_path / "trimaps"
+    shutil.copytree(repo / "sample" / "oxford-iiit-pet" / "images", images)
+    shutil.copytree(repo / "sample" / "oxford-iiit-pet" / "annotations" / "trimaps", trimaps)
+    out = tmp_path / "scores.json"
+    run(["unet-ssl", "evaluate", "--checkpoint", str(repo / "checkpoints" / "finetuned.pt"), "--images", str(images),
+         "--trimaps", str(trimaps), "--out", str(out)], repo, env)
+    scores = json.loads(out.read_text())
+    assert scores["n_images"] == len(list(images.glob("*.jpg")))
+    assert 0 <= scores["f1"] <= 1 and 0 <= scores["jaccard"] <= 1
+    assert set(scores["per_class"]) == {"f1", "jaccard"}
+    next(trimaps.glob("*.png")).unlink()
+    failed = subprocess.run(["unet-ssl", "evaluate", "--checkpoint", str(repo / "checkpoints" / "finetuned.pt"),
+                             "--images", str(images), "--trimaps", str(trimaps), "--out", str(out)],
+                            cwd=repo, env=env, capture_output=True, text=True)
+    assert failed.returncode == 1 and "no trimap for 1 image" in failed.stderr
