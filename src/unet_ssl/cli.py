@@ -55,6 +55,24 @@ def _evaluate(args: argparse.Namespace) -> None:
     evaluate_folder(Path(args.checkpoint), Path(args.images), Path(args.trimaps), Path(args.out), args.batch_size)
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from unet_ssl import bench
+
+    params = load_params(args.params)
+    split = lambda text: [x for x in text.split(",") if x]  # noqa: E731
+    config = bench.BenchConfig(
+        workloads=tuple(split(args.workloads)), precisions=tuple(split(args.precisions)),
+        channels_last=tuple(v == "on" for v in split(args.channels_last)), simclr_batch=args.simclr_batch,
+        batch=args.batch, seconds=args.seconds, min_steps=args.min_steps, naive=not args.no_naive,
+        compile=args.compile, device=args.device, threads=args.threads)
+    request = bench.BenchRequest(
+        config=config, throughput=not args.no_throughput,
+        numerics_seeds=[int(s) for s in split(args.numerics_seeds)] if args.numerics else [],
+        numerics_epochs=args.numerics_epochs or params["finetune"]["epochs"],
+        stages=split(args.stages), out=Path(args.out) if args.out else None)
+    bench.run(request, params, args.params)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unet-ssl", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -83,6 +101,28 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for name, (module, func, help_) in stages.items():
         sub.add_parser(name, help=help_).set_defaults(func=_stage(module, func))
+
+    p = sub.add_parser("bench", help="images/s of each workload: tensor data path vs compute vs naive PIL pipeline; "
+                                     "optional bf16 numerics and per-stage peak memory")
+    p.add_argument("--out", help="markdown report to write (its other sections are kept), e.g. reports/performance.md")
+    p.add_argument("--workloads", default="simclr,mae,finetune,evaluate")
+    p.add_argument("--precisions", default="fp32,bf16")
+    p.add_argument("--channels-last", default="off,on", help="off, on, or both (default off,on)")
+    p.add_argument("--simclr-batch", type=int, default=32, help="images per SimCLR step at 64 px (default 32)")
+    p.add_argument("--batch", type=int, default=8, help="images per step at 128 px (default 8)")
+    p.add_argument("--seconds", type=float, default=1.0, help="least timed seconds per figure (default 1)")
+    p.add_argument("--min-steps", type=int, default=2, help="least timed steps per figure (default 2)")
+    p.add_argument("--no-naive", action="store_true", help="skip the PIL + torchvision DataLoader baseline")
+    p.add_argument("--compile", action="store_true", help="also time the compute step under torch.compile")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--no-throughput", action="store_true", help="only the sections asked for below")
+    p.add_argument("--numerics", action="store_true", help="fine-tune in fp32 and bf16 with the same seeds; compare scores")
+    p.add_argument("--numerics-seeds", default="0,1,2")
+    p.add_argument("--numerics-epochs", type=int, default=0, help="default finetune.epochs")
+    p.add_argument("--stages", default="", help="comma-separated pipeline stages to run as subprocesses here, "
+                                                "measuring peak RSS (writes the stages' outputs: use a scratch clone)")
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser("evaluate", help="test-split scores (pipeline stage), or score any folder with --checkpoint")
     p.add_argument("--checkpoint", help="a fine-tuned checkpoint (.pt); with it, evaluate folders instead of the test split")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from unet_ssl import augment, checkpoint
+from unet_ssl import augment, checkpoint, distributed
 from unet_ssl.losses import nt_xent_loss, reconstruction_loss
 from unet_ssl.model import ProjectionHead, UNet, UNetConfig
 from unet_ssl.runtime import Runtime, check_finite
@@ -41,28 +41,49 @@ class PretrainConfig:
             raise ValueError(f"pretrain.projection must be 'bottleneck' or 'multi_level', got {self.projection!r}")
 
 
-def simclr_step(model: UNet, head: ProjectionHead, batch: torch.Tensor, cfg: PretrainConfig,
-                generator: torch.Generator, runtime: Runtime) -> torch.Tensor:
-    """Two random views of every image; NT-Xent on their projections."""
-    views = torch.cat([augment.simclr_view(batch, cfg.image_size, generator) for _ in range(2)])
-    views = runtime.batch(views)
+class SimCLRNet(torch.nn.Module):
+    """Encoder + projection head as one module: exactly the parameters SimCLR trains, which is what
+    DistributedDataParallel must see (the decoder gets no gradient in SimCLR)."""
+
+    def __init__(self, encoder: torch.nn.Module, head: ProjectionHead):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+def simclr_views(batch: torch.Tensor, cfg: PretrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Two random views of every image of a uint8 batch, stacked as (view a of all, view b of all),
+    made where the batch lives (the generator must be on the same device)."""
+    return torch.cat([augment.simclr_view(batch, cfg.image_size, generator) for _ in range(2)])
+
+
+def simclr_loss(net: torch.nn.Module, views: torch.Tensor, cfg: PretrainConfig, runtime: Runtime) -> torch.Tensor:
+    """NT-Xent on the projections of `views`; under torchrun the projections of every rank are
+    gathered (with gradients) so each anchor has the negatives of the whole global batch."""
     with runtime.autocast():
-        z = head(model.encoder(views))
-    z_a, z_b = z.chunk(2)
-    return nt_xent_loss(z_a, z_b, cfg.temperature)
+        z = net(views)
+    z_a, z_b = z.float().chunk(2)
+    return nt_xent_loss(distributed.gather(z_a), distributed.gather(z_b), cfg.temperature)
 
 
-def mae_step(model: UNet, batch: torch.Tensor, cfg: PretrainConfig, generator: torch.Generator,
-             runtime: Runtime) -> torch.Tensor:
-    """Blackens the masked pixels and reconstructs the whole image (loss over all pixels, or masked only)."""
+def mae_inputs(batch: torch.Tensor, cfg: PretrainConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float images at `cfg.image_size` (upsampled bilinearly when stored smaller) and their masks
+    (1 where hidden), made where the batch lives."""
     images = augment.to_float(batch)
     if images.shape[-1] != cfg.image_size:
         images = F.interpolate(images, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
     mask = augment.make_mask(cfg.method.removeprefix("mae_"), images.shape[0], cfg.image_size, cfg.image_size,
-                             generator, cfg.mask_patch, cfg.mask_ratio)
-    images, mask = runtime.batch(images), runtime.batch(mask)
+                             generator, cfg.mask_patch, cfg.mask_ratio, device=images.device)
+    return images, mask
+
+
+def mae_loss(net: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor, cfg: PretrainConfig,
+             runtime: Runtime) -> torch.Tensor:
+    """Blackens the masked pixels and reconstructs the whole image (loss over all pixels, or masked only)."""
     with runtime.autocast():
-        reconstruction = model(images * (1 - mask))
+        reconstruction = net(images * (1 - mask))
     return reconstruction_loss(reconstruction, images, mask, cfg.masked_only_loss)
 
 
@@ -79,16 +100,23 @@ def pretrain(
 
     `images` is uint8 (N, 3, H, W) in memory (None for method 'none'). With `resume_path`, the state is saved there after
     every epoch and a run with the same config picks up after the last complete epoch.
+
+    Under torchrun (process group initialised, see `distributed.init_from_env`) the model is wrapped in
+    DistributedDataParallel, `cfg.batch_size` is the global batch split evenly over the processes, and only
+    rank 0 calls `on_epoch` and writes `resume_path` (every rank reads it, so it must be on a shared disk).
     """
     is_mae = cfg.method.startswith("mae_")
+    ctx = distributed.context()
     arch = UNetConfig(out_channels=3, skip_connections=skip_connections)
     model = runtime.model(UNet(arch))
     head = runtime.model(ProjectionHead(arch.widths, multi_level=cfg.projection == "multi_level"))
     if cfg.method == "none":
         return checkpoint.model_checkpoint(model, method="none", pretrained_parts=[], history=[])
+    net = distributed.wrap(model if is_mae else SimCLRNet(model.encoder, head), runtime.device)
     params = list(model.parameters()) if is_mae else [*model.encoder.parameters(), *head.parameters()]
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
-    run_key = {**asdict(cfg), "skip_connections": skip_connections, "n_images": images.shape[0]}
+    run_key = {**asdict(cfg), "skip_connections": skip_connections, "n_images": images.shape[0],
+               "world_size": ctx.world_size}
     start_epoch, history = 0, []
     if resume_path is not None and Path(resume_path).is_file():
         state = checkpoint.load(resume_path)
@@ -105,31 +133,41 @@ def pretrain(
     n = images.shape[0]
     if n < 2:
         raise ValueError(f"pretraining needs at least 2 images, got {n}")
-    batch_size = min(cfg.batch_size, n)
+    batch_size = min(cfg.batch_size, n)  # the global batch, split over the processes under torchrun
+    if ctx.active:
+        batch_size -= batch_size % ctx.world_size
+        if batch_size == 0:
+            raise ValueError(f"{n} images cannot fill a batch on each of {ctx.world_size} processes")
     steps = n // batch_size  # drop the ragged last batch: NT-Xent wants full batches
+    images = runtime.resident(images)
     last_loss = None
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        model.train(), head.train()
+        net.train()
+        # Same order on every rank (shared seed); views and masks from a per-rank stream on the device.
         order = torch.randperm(n, generator=generator)
+        views_generator = runtime.generator(int(torch.randint(2**62, (1,), generator=generator)) + ctx.rank)
         total = 0.0
-        bar = tqdm(range(steps), desc=f"pretrain {cfg.method} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
+        bar = tqdm(range(steps), desc=f"pretrain {cfg.method} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=not ctx.is_main)
         for step in bar:
-            batch = images[order[step * batch_size:(step + 1) * batch_size]]
+            local = distributed.shard(order[step * batch_size:(step + 1) * batch_size], ctx)
+            batch = runtime.to_device(images[local.to(images.device)])
             if is_mae:
-                loss = mae_step(model, batch, cfg, generator, runtime)
+                inputs, mask = mae_inputs(batch, cfg, views_generator)
+                loss = mae_loss(net, runtime.batch(inputs), runtime.batch(mask), cfg, runtime)
             else:
-                loss = simclr_step(model, head, batch, cfg, generator, runtime)
+                loss = simclr_loss(net, runtime.batch(simclr_views(batch, cfg, views_generator)), cfg, runtime)
             last_loss = check_finite(loss, f"pretrain {cfg.method}", epoch, step, last_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += last_loss
             bar.set_postfix(loss=f"{last_loss:.4f}")
-        row = {"epoch": epoch, "loss": total / steps}
+        row = {"epoch": epoch, "loss": distributed.mean_over_ranks(total / steps)}
         history.append(row)
-        if on_epoch:
+        if on_epoch and ctx.is_main:
             on_epoch(epoch, row)
-        if resume_path is not None:
+        if resume_path is not None and ctx.is_main:
             checkpoint.save_atomic({
                 "format_version": checkpoint.FORMAT_VERSION, "run_key": run_key, "epoch": epoch, "history": history,
                 "model": model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 from dataclasses import dataclass
 
@@ -21,9 +22,15 @@ class Runtime:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """Moves a tensor to the device; from host memory to a GPU it is pinned first so the copy is non-blocking."""
+        if self.device.type == "cuda" and x.device.type == "cpu" and not x.is_pinned():
+            x = x.pin_memory()
+        return x.to(self.device, non_blocking=True)
+
     def batch(self, x: torch.Tensor) -> torch.Tensor:
-        """Moves a batch to the device (non-blocking from pinned memory), channels_last for images."""
-        x = x.to(self.device, non_blocking=True)
+        """Moves a batch to the device, channels_last for images."""
+        x = self.to_device(x)
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -32,11 +39,32 @@ class Runtime:
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
+    def resident(self, data: torch.Tensor, max_fraction: float = 0.5) -> torch.Tensor:
+        """Where an in-memory uint8 data set lives during training. On CUDA it is copied to the GPU
+        once when it takes at most `max_fraction` of the free GPU memory, so batches are gathered and
+        augmented there; otherwise it stays in host memory and `batch` pins each batch for a
+        non-blocking copy. On CPU: unchanged."""
+        if self.device.type != "cuda":
+            return data
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return data.to(self.device) if data.numel() * data.element_size() <= max_fraction * free else data
+
+    def generator(self, seed: int) -> torch.Generator:
+        """A generator on the training device, so views and masks are drawn where they are used."""
+        return torch.Generator(self.device).manual_seed(seed)
+
+    def synchronize(self) -> None:
+        """Waits for queued GPU work (for honest wall-clock timing); a no-op on CPU."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
 
 def make_runtime(params: dict) -> Runtime:
     """From the `runtime` group of params.yaml: device 'auto' picks CUDA when present."""
     name = params.get("device", "auto")
     device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per torchrun process
     precision = params.get("precision", "fp32")
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"runtime.precision must be 'fp32' or 'bf16', got {precision!r}")

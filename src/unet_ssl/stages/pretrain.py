@@ -1,38 +1,55 @@
-"""Stage `pretrain`: self-supervised pretraining (or none), checkpoint + per-epoch loss."""
+"""Stage `pretrain`: self-supervised pretraining (or none), checkpoint + per-epoch loss.
+
+Under `torchrun --nproc_per_node=K -m unet_ssl pretrain` every process trains its shard of each
+global batch; rank 0 alone tracks in MLflow and writes the checkpoint and metrics."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pandas as pd
 
-from unet_ssl import checkpoint
+from unet_ssl import checkpoint, distributed
 from unet_ssl.pretrain import PretrainConfig, pretrain
 from unet_ssl.runtime import make_runtime, seed_everything
 from unet_ssl.stages.common import METRICS, PRETRAIN_IMAGES, PRETRAINED, RESUME, load_tensors
-from unet_ssl.tracking import stage_run
+from unet_ssl.tracking import StageRun, stage_run
 
 
 def run(params: dict) -> None:
+    ctx = distributed.init_from_env()
+    try:
+        _run(params, ctx)
+    finally:
+        distributed.shutdown()
+
+
+def _run(params: dict, ctx: distributed.Context) -> None:
     cfg = PretrainConfig(**params["pretrain"])
     skip = params["finetune"]["skip_connections"]
     runtime = make_runtime(params["runtime"])
     generator = seed_everything(params["seed"])
-    tags = {"method": cfg.method, "skip_connections": skip, "seed": params["seed"]}
-    with stage_run("pretrain", params, tags) as run:
+    tags = {"method": cfg.method, "skip_connections": skip, "seed": params["seed"], "world_size": ctx.world_size}
+    tracked = stage_run("pretrain", params, tags) if ctx.is_main else contextlib.nullcontext(StageRun())
+    with tracked as run:
         images = load_tensors(PRETRAIN_IMAGES)["images"] if cfg.method != "none" else None
         start = time.perf_counter()
         resume = RESUME / "pretrain.pt"
         result = pretrain(images, cfg, skip, runtime, generator,
                           resume_path=resume, on_epoch=lambda e, row: run.log_metrics({"loss": row["loss"]}, step=e))
         seconds = time.perf_counter() - start
-        checkpoint.save_atomic(result, PRETRAINED)
-        resume.unlink(missing_ok=True)
-        METRICS.mkdir(exist_ok=True)
-        pd.DataFrame(result["history"], columns=["epoch", "loss"]).to_csv(METRICS / "pretrain_history.csv", index=False)
-        run.log_metrics({"pretrain_seconds": seconds})
-        run.log_artifact(PRETRAINED, "checkpoints")
+        if ctx.is_main:
+            checkpoint.save_atomic(result, PRETRAINED)
+            resume.unlink(missing_ok=True)
+            METRICS.mkdir(exist_ok=True)
+            pd.DataFrame(result["history"], columns=["epoch", "loss"]).to_csv(METRICS / "pretrain_history.csv", index=False)
+            run.log_metrics({"pretrain_seconds": seconds})
+            run.log_artifact(PRETRAINED, "checkpoints")
+    distributed.barrier()  # no rank exits while rank 0 still writes
+    if not ctx.is_main:
+        return
     n = 0 if images is None else images.shape[0]
     last = result["history"][-1]["loss"] if result["history"] else float("nan")
     print(f"pretrain: {cfg.method} on {n} images, {cfg.epochs if n else 0} epochs at {cfg.image_size}px, "
-          f"final loss {last:.4f}, {seconds:.0f}s on {runtime.device} ({runtime.precision})")
-
+          f"final loss {last:.4f}, {seconds:.0f}s on {runtime.device} ({runtime.precision}"
+          f"{f', {ctx.world_size} processes' if ctx.active else ''})")

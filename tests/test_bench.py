@@ -1,0 +1,131 @@
+"""`unet-ssl bench` on the embedded real sample, kept tiny: the data path, the measured rows, the
+FLOP count against the U-Net's own arithmetic, the report sections and the stage-memory runner."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from unet_ssl import bench
+from unet_ssl.cli import main
+from unet_ssl.config import load_params
+from unet_ssl.model import UNetConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = bench.BenchConfig(precisions=("fp32",), channels_last=(False,), simclr_batch=4, batch=2, seconds=0, min_steps=1)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return load_params(ROOT / "params.yaml")
+
+
+@pytest.fixture(scope="module")
+def sample_data(params, tmp_path_factory):
+    """No prepared tensors under an empty root: the bench decodes the embedded sample itself."""
+    return bench.load_data(tmp_path_factory.mktemp("empty-root"), params, naive_images=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_rows(sample_data):
+    return bench.measure(TINY, sample_data, log=lambda line: None)
+
+
+def test_sample_data_are_the_prepared_tensors_and_their_raw_files(sample_data, params):
+    size = params["data"]["image_size"]
+    assert sample_data.source.startswith("embedded sample")
+    assert sample_data.pretrain.dtype == torch.uint8 and sample_data.pretrain.shape[1:] == (3, 64, 64)
+    assert sample_data.pets.dtype == torch.uint8 and sample_data.pets.shape[1:] == (3, size, size)
+    assert sample_data.masks.shape == (sample_data.pets.shape[0], size, size)
+    assert len(sample_data.pet_files) == sample_data.pets.shape[0] > 30
+    assert all(image.is_file() and trimap.is_file() for image, trimap in sample_data.pet_files)
+    assert len(sample_data.pretrain_jpegs) == 16 and all(j[:2] == b"\xff\xd8" for j in sample_data.pretrain_jpegs)
+
+
+def test_every_workload_is_measured_on_all_three_paths(tiny_rows):
+    rows, peaks = tiny_rows
+    assert [r.workload for r in rows] == list(bench.WORKLOADS)
+    assert peaks["fp32"] > 1
+    for r in rows:
+        assert r.end_to_end > 0 and r.compute > 0 and r.naive > 0, r
+        assert 0 < r.achieved_gflops < 5 * r.peak_gflops
+
+
+def unet_forward_flops(size: int, cfg: UNetConfig) -> int:
+    """Multiply-adds x 2 of every convolution of the U-Net, from its architecture alone."""
+    flops, chans, side = 0, cfg.in_channels, size
+    conv = lambda c_in, c_out, k, s: 2 * c_in * c_out * k * k * s * s  # noqa: E731
+    for level, width in enumerate(cfg.widths):
+        side = size >> level
+        flops += conv(chans, width, 3, side) + conv(width, width, 3, side)
+        chans = width
+    for width in cfg.widths[-2::-1]:
+        side *= 2
+        flops += conv(chans, width, 2, side // 2) * 1  # transposed 2x2 stride 2: one 2x2 kernel per input pixel
+        flops += conv(2 * width if cfg.skip_connections else width, width, 3, side) + conv(width, width, 3, side)
+        chans = width
+    return flops + conv(chans, cfg.out_channels, 1, size)
+
+
+def test_flop_counts_match_the_unet_arithmetic(tiny_rows):
+    rows, _ = tiny_rows
+    by = {r.workload: r for r in rows}
+    forward = unet_forward_flops(128, UNetConfig(out_channels=3)) / 1e9
+    assert by["evaluate"].gflop_per_image == pytest.approx(forward, rel=1e-6)
+    # Training: backward costs about two forwards (no input gradient for the first layer).
+    assert 2.5 * forward < by["finetune"].gflop_per_image < 3 * forward
+    assert 2.5 * forward < by["mae"].gflop_per_image < 3 * forward
+
+
+def test_report_sections_are_replaced_in_place(tmp_path, tiny_rows, sample_data):
+    rows, peaks = tiny_rows
+    out = tmp_path / "performance.md"
+    env = bench.environment(torch.device("cpu"), (0.0, 0.0, 0.0))
+    bench.write_section(out, "throughput", bench.throughput_markdown(rows, peaks, TINY, sample_data, env))
+    bench.write_section(out, "memory", "## Peak memory per stage\n\nfirst\n")
+    bench.write_section(out, "memory", "## Peak memory per stage\n\nsecond\n")
+    text = out.read_text()
+    assert text.count("## Throughput") == 1 and text.count("## Peak memory") == 1
+    assert "second" in text and "first" not in text
+    assert text.index("## Throughput") < text.index("## Peak memory")
+    table = [line for line in text.splitlines() if line.startswith("| SimCLR")]
+    assert len(table) == 1 and "| 64 | 4 | fp32 | off |" in table[0]
+
+
+def test_numerics_verdict_compares_paired_differences_with_seed_spread():
+    def row(seed, precision, j, seconds):
+        return {"seed": seed, "precision": precision, "val_jaccard": j, "test_jaccard": j, "seconds": seconds}
+
+    close = [row(0, "fp32", 0.60, 10), row(0, "bf16", 0.61, 5), row(1, "fp32", 0.70, 10), row(1, "bf16", 0.69, 5)]
+    verdict = bench.numerics_verdict(close)
+    assert verdict["within_noise"] and verdict["speedup"] == pytest.approx(2.0)
+    apart = [row(0, "fp32", 0.60, 10), row(0, "bf16", 0.40, 5), row(1, "fp32", 0.61, 10), row(1, "bf16", 0.41, 5)]
+    assert not bench.numerics_verdict(apart)["within_noise"]
+
+
+def test_stage_memory_reads_each_stage_peak_rss(tmp_path):
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "sample", tmp_path / "data" / "raw")
+    rows = bench.stage_memory(["prepare-pets", "finetune"], "params.yaml", tmp_path, log=lambda line: None)
+    assert rows[0]["returncode"] == 0 and 50 < rows[0]["peak_rss_mb"] < 4096
+    assert (tmp_path / "data" / "prepared" / "pets" / "pets.pt").is_file()
+    assert rows[1]["returncode"] != 0 and len(rows) == 2  # no pretrained checkpoint: it fails, and is reported
+
+
+def test_cli_writes_the_report(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    main(["bench", "--workloads", "evaluate", "--precisions", "bf16", "--channels-last", "on", "--batch", "2",
+          "--seconds", "0", "--min-steps", "1", "--no-naive", "--out", "reports/performance.md"])
+    text = (tmp_path / "reports" / "performance.md").read_text()
+    assert "| evaluation (predict + confusion matrix) | 128 | 2 | bf16 | on |" in text
+    assert "naive column skipped" in text and "torch " + torch.__version__ in text
+
+
+@pytest.mark.slow
+def test_bf16_numerics_on_the_sample(sample_data, params):
+    rows = bench.bf16_numerics(sample_data, params, seeds=[0], epochs=1, device="cpu", log=lambda line: None)
+    assert [r["precision"] for r in rows] == ["fp32", "bf16"]
+    assert all(0 <= r["test_jaccard"] <= 1 and r["n_test"] > 0 for r in rows)
