@@ -12,6 +12,11 @@ from unet_ssl.model import UNet, UNetConfig
 FORMAT_VERSION = 1
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, of another format version, or made for another
+    architecture than the one requested. The message names the file and what is wrong."""
+
+
 def save_atomic(obj: dict, path: Path) -> None:
     """Writes to a temporary file in the same folder, then renames: a reader never sees half a file."""
     path = Path(path)
@@ -22,15 +27,19 @@ def save_atomic(obj: dict, path: Path) -> None:
 
 
 def load(path: Path) -> dict:
+    """Loads with `weights_only=True` (tensors and plain containers only, never arbitrary objects)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt files
-        raise ValueError(f"checkpoint {path} cannot be read: {e}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"checkpoint {path} has format version {ckpt.get('format_version') if isinstance(ckpt, dict) else None}; expected {FORMAT_VERSION}")
+    except Exception as e:  # torch raises several types for corrupt or unsafe files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be read with torch.load(weights_only=True): {reason}") from None
+    version = ckpt.get("format_version") if isinstance(ckpt, dict) else None
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version}; this unet-ssl reads version {FORMAT_VERSION} "
+                              "(re-run the stage that writes it)")
     return ckpt
 
 
@@ -38,18 +47,26 @@ def model_checkpoint(model: UNet, **extra) -> dict:
     return {"format_version": FORMAT_VERSION, "arch": model.config.to_dict(), "model": model.state_dict(), **extra}
 
 
+def arch_of(ckpt: dict, path: Path) -> UNetConfig:
+    """The architecture a checkpoint was written with."""
+    try:
+        return UNetConfig.from_dict(ckpt["arch"])
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} carries no usable architecture config ({type(e).__name__}: {e})") from None
+
+
 def check_arch(ckpt_arch: dict, wanted: UNetConfig, path: Path, ignore: tuple[str, ...] = ()) -> None:
     """Fails with a message naming every architecture field that differs."""
-    have = UNetConfig.from_dict(ckpt_arch).to_dict()
+    have = arch_of({"arch": ckpt_arch}, path).to_dict()
     want = wanted.to_dict()
     diffs = [f"{k}: checkpoint has {have[k]}, requested {want[k]}" for k in want if k not in ignore and have[k] != want[k]]
     if diffs:
-        raise ValueError(f"checkpoint {path} does not match the requested architecture: " + "; ".join(diffs))
+        raise CheckpointError(f"checkpoint {path} does not match the requested architecture: " + "; ".join(diffs))
 
 
 def load_model(path: Path) -> UNet:
     """Rebuilds a full U-Net from a checkpoint written by `model_checkpoint`."""
     ckpt = load(path)
-    model = UNet(UNetConfig.from_dict(ckpt["arch"]))
+    model = UNet(arch_of(ckpt, path))
     model.load_state_dict(ckpt["model"])
     return model

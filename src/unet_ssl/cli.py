@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         from unet_ssl.images import BadInputError
 
-        if isinstance(e, (BadInputError, FileNotFoundError)) or type(e).__name__ in ("DataValidationError", "NonFiniteLossError"):
+        if isinstance(e, (BadInputError, FileNotFoundError)) or type(e).__name__ in ("DataValidationError", "NonFiniteLossError", "CheckpointError"):
             print(f"unet-ssl {args.command}: error: {e}", file=sys.stderr)
             sys.exit(1)
         raise

@@ -85,10 +85,13 @@ class NonFiniteLossError(RuntimeError):
 
 
 def check_finite(loss: torch.Tensor, stage: str, epoch: int, step: int, last_finite: float | None) -> float:
+    """The loss as a float, or NonFiniteLossError naming where it broke. `epoch` counts from 1 and
+    `step` is the 0-based batch index within it; the message gives both 1-based, as the progress bar."""
     value = loss.item()
     if not math.isfinite(value):
+        before = f"last finite loss: {last_finite:.6g}" if last_finite is not None else "no finite loss before it in this run"
         raise NonFiniteLossError(
-            f"{stage}: loss became {value} at epoch {epoch}, step {step} (last finite loss: {last_finite}); "
+            f"{stage}: loss became {value} at epoch {epoch}, step {step + 1} ({before}); "
             "lower the learning rate or check the input data"
         )
     return value

@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -128,11 +129,44 @@ def summary_metrics(prefix: str, scores: dict, class_names: list[str]) -> dict:
     return out
 
 
+def _process_gone(tags: dict) -> bool:
+    """True when the process that opened a run is known to have ended: it ran on this host and its
+    pid is no longer alive (runs without a pid tag predate it and count as gone)."""
+    if "pid" not in tags:
+        return True
+    if tags.get("host") != socket.gethostname():
+        return False  # cannot tell from here
+    pid = int(tags["pid"])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _end_stale_runs(mlflow, experiment_id: str, key: str, stage: str) -> None:
+    """A SIGKILLed stage cannot end its own MLflow run; the next run of the same stage in the same
+    pipeline group marks such leftovers KILLED, so none stays RUNNING forever."""
+    client = mlflow.MlflowClient()
+    stale = client.search_runs([experiment_id], filter_string=(
+        f"tags.pipeline_group = '{key}' and tags.stage = '{stage}' and attributes.status = 'RUNNING'"))
+    for run in stale:
+        if _process_gone(run.data.tags):
+            client.set_terminated(run.info.run_id, "KILLED")
+            log.warning("MLflow run %s of stage %s was left RUNNING by a process that died; marked KILLED",
+                        run.info.run_id, stage)
+
+
 @contextmanager
 def stage_run(stage: str, params: dict, tags: dict | None = None):
     """Opens the pipeline's parent run (found by group key, or created) and a nested run for `stage`,
     logs all params flattened plus git commit and DVC experiment tags; marks the run FAILED (or
-    KILLED on Ctrl-C) when the stage raises."""
+    KILLED on Ctrl-C) when the stage raises, and first marks KILLED any run of the same stage and
+    group that a SIGKILLed process left RUNNING."""
     try:
         import mlflow
     except ImportError:
@@ -158,8 +192,10 @@ def stage_run(stage: str, params: dict, tags: dict | None = None):
         parent_id = parent.info.run_id
         mlflow.log_params(flat)
         mlflow.end_run()
+    _end_stale_runs(mlflow, experiment_id, key, stage)
     mlflow.start_run(run_id=parent_id)
-    mlflow.start_run(experiment_id=experiment_id, run_name=stage, nested=True, tags={**base_tags, "role": "stage", "stage": stage})
+    mlflow.start_run(experiment_id=experiment_id, run_name=stage, nested=True,
+                     tags={**base_tags, "role": "stage", "stage": stage, "host": socket.gethostname(), "pid": str(os.getpid())})
     mlflow.log_params(flat)
     try:
         yield StageRun(mlflow)

@@ -9,10 +9,17 @@ from unet_ssl.tracking import stage_run
 from unet_ssl.validate import pets_suites, pretrain_suites, run_suite
 
 REPORT = REPORTS / "data_validation.md"
+MAX_INPUT_ROWS = 100  # input-report rows shown in the markdown report (the CSVs hold every one)
 
 
 class DataValidationError(RuntimeError):
-    pass
+    """One or more great-expectations checks failed; the message names each failed expectation."""
+
+
+def _cell(text: object, limit: int = 300) -> str:
+    """Markdown-table-safe text."""
+    text = str(text).replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def write_report(rows: list[dict], inputs: pd.DataFrame) -> str:
@@ -20,13 +27,17 @@ def write_report(rows: list[dict], inputs: pd.DataFrame) -> str:
     lines = ["# Data validation", "",
              f"{len(rows) - len(failed)} of {len(rows)} great-expectations checks passed.", "",
              "| suite | expectation | column | result | details |", "|---|---|---|---|---|"]
-    lines += [f"| {r['suite']} | {r['expectation']} | {r['column']} | {'pass' if r['success'] else '**FAIL**'} | {r['details'][:120]} |" for r in rows]
+    lines += [f"| {r['suite']} | {r['expectation']} | {_cell(r['column'])} | {'pass' if r['success'] else '**FAIL**'} | {_cell(r['details'])} |"
+              for r in rows]
     lines += ["", "## Inputs converted, ignored, excluded or skipped at prepare time", ""]
     if inputs.empty:
         lines.append("None.")
     else:
         lines += ["| file | action | problem |", "|---|---|---|"]
-        lines += [f"| {r.file} | {r.action} | {r.problem} |" for r in inputs.itertuples()]
+        lines += [f"| {_cell(r.file)} | {r.action} | {_cell(r.problem)} |" for r in inputs.head(MAX_INPUT_ROWS).itertuples()]
+        if len(inputs) > MAX_INPUT_ROWS:
+            lines += ["", f"... and {len(inputs) - MAX_INPUT_ROWS} more; all are in the prepared folders' input reports: "
+                          + ", ".join(f"{n} {a}" for a, n in inputs["action"].value_counts().items()) + " in all."]
     REPORTS.mkdir(exist_ok=True)
     REPORT.write_text("\n".join(lines) + "\n")
     return "\n".join(f"  {r['suite']}: {r['expectation']}({r['column']}) failed: {r['details'][:200]}" for r in failed)
@@ -45,4 +56,4 @@ def run(params: dict) -> None:
         if failures:
             raise DataValidationError(f"data validation failed (full report: {REPORT}):\n{failures}")
     print(f"validate: {len(rows)} great-expectations checks passed on {len(pets)} pets and {len(pretrain)} pretraining images; "
-          f"{len(inputs)} inputs converted/ignored/excluded (see {REPORT})")
+          f"{len(inputs)} inputs converted/ignored/excluded/skipped (see {REPORT})")

@@ -1,0 +1,99 @@
+"""Shared fixtures: the embedded real sample copied into temporary folders, a temporary workspace
+laid out like the repository (params.yaml, dvc.yaml, data/raw), and a throwaway MLflow store."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample"
+SAMPLE_PETS = SAMPLE / "oxford-iiit-pet"
+SAMPLE_PRETRAIN = SAMPLE / "pretrain"
+# A few real pairs of each breed of the sample, for tests that need a small but realistic folder.
+SMALL_PETS = ["Abyssinian_11", "Abyssinian_140", "Bengal_129", "Bengal_135", "american_bulldog_128", "american_bulldog_140"]
+
+
+def copy_pets(raw_dir: Path, names: list[str] | None = None) -> Path:
+    """Copies real sample pets (all, or the pairs `names`) in the official layout into
+    `raw_dir/oxford-iiit-pet` (official split lists included); returns that folder."""
+    dest = raw_dir / "oxford-iiit-pet"
+    if names is None:
+        shutil.copytree(SAMPLE_PETS, dest)
+    else:
+        (dest / "images").mkdir(parents=True)
+        (dest / "annotations" / "trimaps").mkdir(parents=True)
+        for name in names:
+            shutil.copy2(SAMPLE_PETS / "images" / f"{name}.jpg", dest / "images")
+            shutil.copy2(SAMPLE_PETS / "annotations" / "trimaps" / f"{name}.png", dest / "annotations" / "trimaps")
+        for listing in ("list.txt", "trainval.txt", "test.txt"):
+            lines = (SAMPLE_PETS / "annotations" / listing).read_text().splitlines()
+            kept = [line for line in lines if line.startswith("#") or line.split(" ")[0] in names]
+            (dest / "annotations" / listing).write_text("\n".join(kept) + "\n")
+    for path in dest.rglob("*"):  # the sample is read-only in some checkouts; copies must be editable
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return dest
+
+
+def copy_pretrain(raw_dir: Path) -> Path:
+    """Copies the sample's pretraining shard and class list into `raw_dir/pretrain`."""
+    dest = raw_dir / "pretrain"
+    shutil.copytree(SAMPLE_PRETRAIN, dest)
+    for path in dest.rglob("*"):
+        path.chmod(0o644)
+    return dest
+
+
+def set_dotted(params: dict, overrides: dict) -> dict:
+    """{"finetune.epochs": 2} -> params["finetune"]["epochs"] = 2 (in place; returns params)."""
+    for dotted, value in overrides.items():
+        *groups, key = dotted.split(".")
+        node = params
+        for group in groups:
+            node = node.setdefault(group, {})
+        node[key] = value
+    return params
+
+
+@pytest.fixture
+def make_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """Factory: a folder laid out like the repository (params.yaml with `overrides`, dvc.yaml,
+    data/raw with real sample pets and pretraining photos) that becomes the working directory,
+    since the stages use repository-relative paths."""
+
+    def make(overrides: dict | None = None, pets: list[str] | None = None, pretrain: bool = True,
+             name: str = "ws") -> Path:
+        ws = tmp_path / name
+        ws.mkdir()
+        shutil.copy2(REPO / "dvc.yaml", ws / "dvc.yaml")
+        params = yaml.safe_load((REPO / "params.yaml").read_text())
+        (ws / "params.yaml").write_text(yaml.safe_dump(set_dotted(params, overrides or {}), sort_keys=False))
+        copy_pets(ws / "data" / "raw", pets)
+        if pretrain:
+            copy_pretrain(ws / "data" / "raw")
+        monkeypatch.chdir(ws)
+        return ws
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tracking_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite MLflow store for the session (creating its tables takes seconds)."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    mlflow.MlflowClient(tracking_uri=uri).search_experiments()  # creates the tables once
+    return uri
+
+
+@pytest.fixture
+def mlflow_client(tracking_store: str, monkeypatch: pytest.MonkeyPatch):
+    """Points the stages at the session's throwaway store; returns a client of it."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_store)
+    return mlflow.MlflowClient(tracking_uri=tracking_store)
