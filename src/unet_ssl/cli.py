@@ -73,6 +73,15 @@ def _bench(args: argparse.Namespace) -> None:
     bench.run(request, params, args.params)
 
 
+def _tune(args: argparse.Namespace) -> None:
+    from unet_ssl.stages.tune import run
+
+    params = load_params(args.params)
+    overrides = {"seed": args.seed, "study_name": args.study_name, "storage": args.storage}
+    params["tune"] |= {k: v for k, v in overrides.items() if v is not None}
+    run(params, n_trials=args.n_trials, timeout=args.timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unet-ssl", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -123,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", default="", help="comma-separated pipeline stages to run as subprocesses here, "
                                                 "measuring peak RSS (writes the stages' outputs: use a scratch clone)")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("tune", help="Optuna study of tune.space (resumable; report in reports/tuning.md)")
+    p.add_argument("--n-trials", type=int, help="trials to add (default tune.n_trials; 0 = only regenerate the report)")
+    p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    p.add_argument("--seed", type=int, help="sampler seed (default tune.seed); give each parallel process its own")
+    p.add_argument("--study-name", help="default tune.study_name")
+    p.add_argument("--storage", help="journal file of the study (default tune.storage)")
+    p.set_defaults(func=_tune)
 
     p = sub.add_parser("evaluate", help="test-split scores (pipeline stage), or score any folder with --checkpoint")
     p.add_argument("--checkpoint", help="a fine-tuned checkpoint (.pt); with it, evaluate folders instead of the test split")

@@ -1,0 +1,200 @@
+"""A small real Optuna study on the embedded sample (tiny epochs, 64px, a 64-photo pretraining set) in a
+temporary folder with its own journal file and MLflow store: persisted, resumed, a diverging trial
+pruned with its reason, nested MLflow runs, best values written; plus the seeding, the refusal to
+mix training settings, and DVC's plan showing that plain `dvc repro` leaves the tuning stage out."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+
+from unet_ssl.cli import main
+from unet_ssl.prepare import prepare_pets, prepare_pretrain
+from unet_ssl.stages.common import PETS, PRETRAIN_IMAGES
+from unet_ssl.tune import STOP_REASON_ATTR, make_storage, open_study, search_space
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    ("data", "image_size"): 64,
+    ("data", "pretrain_limit"): 64,
+    ("pretrain", "batch_size"): 32,
+    ("finetune", "batch_size"): 8,
+    ("finetune", "image_size"): 64,
+    ("tune", "pretrain_epochs"): 1,
+    ("tune", "pretrain_limit"): 0,
+    ("tune", "finetune_epochs"): 2,
+    ("tune", "storage"): "tuning/study.journal",
+}
+
+
+def tiny_params() -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for (group, key), value in TINY.items():
+        params[group][key] = value
+    return params
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """The sample prepared at 64px in a temporary folder, which is the working directory meanwhile."""
+    root = tmp_path_factory.mktemp("tune")
+    shutil.copytree(REPO / "sample", root / "data" / "raw")
+    params = tiny_params()
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        prepare_pets(Path("data/raw"), PETS.parent, params["data"], params["data"]["split_seed"])
+        prepare_pretrain(Path("data/raw"), PRETRAIN_IMAGES.parent, params["data"], params["data"]["split_seed"])
+        yield root
+
+
+def load(params: dict) -> optuna.Study:
+    return optuna.load_study(study_name=params["tune"]["study_name"], storage=make_storage(params["tune"]["storage"]))
+
+
+@pytest.mark.filterwarnings("ignore:Fixed parameter pretrain.temperature:UserWarning")
+def test_study_persists_resumes_survives_a_diverging_trial_and_tracks_every_trial(workdir, capsys):
+    params = tiny_params()
+    names = [dim.name for dim in search_space(params["tune"])]
+
+    main(["tune", "--n-trials", "2"])
+    first = load(params)
+    assert Path(params["tune"]["storage"]).is_file()
+    assert [t.state for t in first.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert first.trials[0].params == {n: float(params[n.split(".")[0]][n.split(".")[1]]) for n in names}
+    assert all(0 < t.value <= 1 for t in first.trials)
+    printed = capsys.readouterr().out
+    assert "dvc exp run -S pretrain.temperature=" in printed
+
+    # A temperature that underflows float32 makes the NT-Xent loss NaN at the first step.
+    first.enqueue_trial({"pretrain.temperature": 1e-45, "pretrain.lr": 1e-3, "finetune.lr": 1e-3})
+    main(["tune", "--n-trials", "2"])  # resumes the same study in the same journal file
+    study = load(params)
+    assert len(study.trials) == 4
+    diverged, after = study.trials[2], study.trials[3]
+    assert diverged.state == optuna.trial.TrialState.PRUNED
+    assert diverged.user_attrs[STOP_REASON_ATTR].startswith("diverged: pretrain simclr: loss became nan")
+    assert after.state == optuna.trial.TrialState.COMPLETE, "the study goes on after the diverging trial"
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4
+
+    best = yaml.safe_load(Path("reports/tuning_best.yaml").read_text())
+    assert {f"{g}.{k}": v for g, values in best.items() for k, v in values.items()} == study.best_trial.params
+    report = Path("reports/tuning.md").read_text()
+    assert f"Trial {study.best_trial.number}: validation Jaccard **{study.best_value:.4f}**" in report
+    assert "| 2 | PRUNED |" in report and "| pruned | 1 (of which diverged: 1) |" in report
+    assert "1 pretraining epoch(s) of `simclr` on 64 photos and 2 fine-tuning epochs" in report
+    assert Path("reports/tuning_figures/history.png").stat().st_size > 0
+    assert Path("reports/tuning_figures/contour_pretrain_temperature_pretrain_lr.png").stat().st_size > 0
+
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("unet-ssl").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("role") == "tuning"]
+    assert len(parents) == 1, "a resumed study keeps its one parent run"
+    parent = parents[0]
+    assert parent.data.metrics["best_val_jaccard"] == pytest.approx(study.best_value)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "tuning")} >= {
+        "tuning/tuning.md", "tuning/tuning_best.yaml", "tuning/history.png", "tuning/importances.png",
+        "tuning/contour_pretrain_temperature_pretrain_lr.png"}
+    trials = {int(r.data.tags["optuna_trial"]): r for r in runs if r.data.tags.get("role") == "tuning_trial"}
+    assert sorted(trials) == [0, 1, 2, 3]
+    for number, run in trials.items():
+        frozen = study.trials[number]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["optuna_state"] == frozen.state.name
+        assert {n: float(run.data.params[n]) for n in names} == pytest.approx(frozen.params)
+        assert run.data.params["finetune.epochs"] == "2"
+    assert trials[2].info.status == "KILLED" and trials[2].data.tags[STOP_REASON_ATTR].startswith("diverged")
+    for number in (0, 1, 3):
+        history = client.get_metric_history(trials[number].info.run_id, "val_jaccard")
+        assert sorted(m.step for m in history) == [1, 2]
+        assert {m.step: m.value for m in history} == pytest.approx(study.trials[number].intermediate_values)
+        assert trials[number].data.metrics["best_val_jaccard"] == pytest.approx(study.trials[number].value)
+
+
+def test_two_processes_add_trials_to_one_study_at_once(workdir):
+    params = tiny_params()
+    before = len(load(params).trials) if Path(params["tune"]["storage"]).is_file() else 0
+    workers = [subprocess.Popen([sys.executable, "-m", "unet_ssl", "tune", "--n-trials", "1", "--seed", str(seed)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for seed in (10, 20)]
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    trials = load(params).trials
+    assert len(trials) == before + 2
+    assert [t.number for t in trials] == list(range(len(trials)))
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("unet-ssl").experiment_id], "tags.role = 'tuning'")
+    assert len(runs) == 1, "processes starting together share one parent run"
+
+
+def ask_values(params: dict, n: int) -> list[dict]:
+    """Asks `n` trials of the real sampler and storage, telling each a score that depends on its values."""
+    study = open_study(params)
+    space = search_space(params["tune"])
+    asked = []
+    for _ in range(n):
+        trial = study.ask()
+        values = {dim.name: dim.suggest(trial) for dim in space}
+        study.tell(trial, values["finetune.lr"] * values["pretrain.temperature"])
+        asked.append(values)
+    return asked
+
+
+def test_same_seed_and_storage_reproduce_the_sampled_values(tmp_path):
+    params = tiny_params()
+    params["tune"]["sampler_startup_trials"] = 2  # so TPE itself, not only the random start, is checked
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        params["tune"] |= {"storage": str(tmp_path / f"{name}.journal"), "seed": seed}
+        runs[name] = ask_values(params, 5)
+    assert runs["a"] == runs["b"]
+    assert runs["a"][1:] != runs["c"][1:]  # trial 0 is the params.yaml baseline in both
+    params["tune"] |= {"storage": str(tmp_path / "a.journal"), "seed": 0}
+    resumed = ask_values(params, 2)
+    assert not any(values in runs["a"] for values in resumed), "a resumed study samples new values"
+    assert len(load(params).trials) == 7
+
+
+def test_resuming_with_other_training_settings_or_an_unknown_key_is_refused(tmp_path):
+    params = tiny_params()
+    params["tune"]["storage"] = str(tmp_path / "study.journal")
+    open_study(params)
+    params["tune"]["finetune_epochs"] = 3
+    with pytest.raises(ValueError, match="finetune.epochs"):
+        open_study(params)
+    assert len(open_study(params, adding_trials=False).trials) == 1  # reading it (for the report) is fine
+    params["tune"] |= {"study_name": "other", "space": {"pretrain.learning_rate": {"low": 1e-4, "high": 1e-2}}}
+    with pytest.raises(ValueError, match="pretrain.learning_rate"):
+        open_study(params)
+
+
+def test_plain_dvc_repro_leaves_the_tuning_pipeline_out(tmp_path, monkeypatch):
+    """DVC's own planner, as `dvc repro` calls it, on the repository's dvc.yaml files."""
+    from dvc.repo import Repo
+    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
+
+    for name in ("dvc.yaml", "tuning/dvc.yaml", "params.yaml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)  # targets are read as from the root, as `dvc repro` there does
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    Repo.init(str(tmp_path))
+    repo = Repo(str(tmp_path))
+
+    def plan(*targets: str) -> list[str]:
+        stages = collect_stages(repo, list(targets))
+        return [stage.addressing for stage in plan_repro(get_active_graph(repo.index.graph), stages)]
+
+    root = plan("dvc.yaml")  # what `dvc repro` with no target runs
+    assert "report" in root and "tuning/dvc.yaml:tune" not in root
+    tuning = plan("tuning/dvc.yaml")
+    assert tuning[-1] == "tuning/dvc.yaml:tune" and "prepare_pets" in tuning and "pretrain" not in tuning
+    tune_stage = next(s for s in repo.index.stages if s.addressing == "tuning/dvc.yaml:tune")
+    params_file = next(d for d in tune_stage.deps if d.def_path == "params.yaml")
+    assert Path(params_file.fs_path) == tmp_path / "params.yaml", "the stage reads the root params.yaml"
