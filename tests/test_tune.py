@@ -16,7 +16,7 @@ import yaml
 from unet_ssl.cli import main
 from unet_ssl.prepare import prepare_pets, prepare_pretrain
 from unet_ssl.stages.common import PETS, PRETRAIN_IMAGES
-from unet_ssl.tune import STOP_REASON_ATTR, make_storage, open_study, search_space
+from unet_ssl.tune import STOP_REASON_ATTR, TrialRuns, make_storage, open_study, search_space, storage_path
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -55,7 +55,7 @@ def workdir(tmp_path_factory):
 
 
 def load(params: dict) -> optuna.Study:
-    return optuna.load_study(study_name=params["tune"]["study_name"], storage=make_storage(params["tune"]["storage"]))
+    return optuna.load_study(study_name=params["tune"]["study_name"], storage=make_storage(storage_path(params["tune"])))
 
 
 @pytest.mark.filterwarnings("ignore:Fixed parameter pretrain.temperature:UserWarning")
@@ -65,7 +65,7 @@ def test_study_persists_resumes_survives_a_diverging_trial_and_tracks_every_tria
 
     main(["tune", "--n-trials", "2"])
     first = load(params)
-    assert Path(params["tune"]["storage"]).is_file()
+    assert Path(params["tune"]["storage"]).is_file()  # relative to the working directory: no dvc.yaml above it
     assert [t.state for t in first.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert first.trials[0].params == {n: float(params[n.split(".")[0]][n.split(".")[1]]) for n in names}
     assert all(0 < t.value <= 1 for t in first.trials)
@@ -172,6 +172,23 @@ def test_resuming_with_other_training_settings_or_an_unknown_key_is_refused(tmp_
     params["tune"] |= {"study_name": "other", "space": {"pretrain.learning_rate": {"low": 1e-4, "high": 1e-2}}}
     with pytest.raises(ValueError, match="pretrain.learning_rate"):
         open_study(params)
+
+
+def test_a_study_keeps_its_mlflow_parent_run_and_a_new_study_of_the_same_name_gets_its_own(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = tiny_params()
+    params["tune"]["storage"] = str(tmp_path / "study.journal")
+    first = TrialRuns(params, open_study(params)).parent_id
+    assert TrialRuns(params, open_study(params)).parent_id == first
+    Path(params["tune"]["storage"]).unlink()
+    assert TrialRuns(params, open_study(params)).parent_id != first
+
+
+def test_the_study_of_a_dvc_temporary_experiment_is_the_repositorys(tmp_path, monkeypatch):
+    temporary = tmp_path / ".dvc" / "tmp" / "exps" / "standalone" / "tmpabc"
+    temporary.mkdir(parents=True)
+    monkeypatch.chdir(temporary)
+    assert storage_path({"storage": "tuning/study.journal"}) == tmp_path / "tuning" / "study.journal"
 
 
 def test_plain_dvc_repro_leaves_the_tuning_pipeline_out(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import fcntl
 import time
+import uuid
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ PROFILE_ATTR = "profile"  # study user attr: the settings every trial of the stu
 STOP_REASON_ATTR = "stop_reason"  # trial user attr: why a trial was pruned
 ORIGIN_ATTR = "origin"  # trial user attr of a queued trial: where its values came from
 SIZES_ATTR = "data_sizes"  # study user attr: how many images the trials train and score on
+UID_ATTR = "uid"  # study user attr: tags its MLflow runs (a name and a path can be reused by a new study)
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,15 @@ def study_profile(params: dict) -> dict:
     return {k: v for k, v in sorted(flat.items()) if k not in searched}
 
 
-def make_storage(path: Path | str) -> optuna.storages.JournalStorage:
+def storage_path(tune: dict) -> Path:
+    """tune.storage, relative to the repository; inside a DVC temporary experiment copy that is the
+    repository that made the copy (as for the MLflow store), so every run adds to the one study."""
+    path = Path(tune["storage"])
+    return path if path.is_absolute() else tracking.repo_root() / path
+
+
+def make_storage(path: Path) -> optuna.storages.JournalStorage:
     """A journal file: appends only, locked per write, so several processes can share one study."""
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
 
@@ -131,7 +139,7 @@ def open_study(params: dict, adding_trials: bool = True) -> optuna.Study:
     (reading it is fine). On a new study the current params.yaml values are queued as the first
     trial, the baseline every other is compared to."""
     tune = params["tune"]
-    storage = make_storage(tune["storage"])
+    storage = make_storage(storage_path(tune))
     name = tune["study_name"]
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True,
                                 pruner=make_pruner(tune))
@@ -140,6 +148,7 @@ def open_study(params: dict, adding_trials: bool = True) -> optuna.Study:
     stored = study.user_attrs.get(PROFILE_ATTR)
     if stored is None:
         study.set_user_attr(PROFILE_ATTR, profile)
+        study.set_user_attr(UID_ATTR, uuid.uuid4().hex)
     elif stored != profile and adding_trials:
         changed = sorted(k for k in stored.keys() | profile.keys() if stored.get(k) != profile.get(k))
         raise ValueError(f"study {name!r} in {tune['storage']} was run with other training settings ({', '.join(changed)}); "
@@ -164,23 +173,22 @@ def exclusive(lock_path: Path):
 
 
 class TrialRuns:
-    """MLflow runs for a study: one parent (found again on resume by study name and storage), one
-    nested run per trial. Uses the client API, so concurrent processes do not share a fluent run stack."""
+    """MLflow runs for a study: one parent (found again on resume by the study's uid), one nested run
+    per trial. Uses the client API, so concurrent processes do not share a fluent run stack."""
 
-    def __init__(self, params: dict):
+    def __init__(self, params: dict, study: optuna.Study):
         tune = params["tune"]
         root = tracking.repo_root()
         self.commit = tracking.git_commit(root)
-        self.study_tags = {"optuna_study": tune["study_name"], "optuna_storage": str(tune["storage"])}
-        # Processes starting together on a fresh store would both create MLflow's tables and the parent run.
-        with exclusive(Path(f"{tune['storage']}.mlflow.lock")):
-            mlflow.set_tracking_uri(tracking.tracking_uri(root))
-            self.client = mlflow.MlflowClient()
-            self.experiment_id = tracking._experiment_id(mlflow)
-            self.parent_id = self._find_or_create_parent(params)
+        self.study_tags = {"optuna_study": tune["study_name"], "optuna_storage": str(tune["storage"]),
+                           "optuna_study_uid": study.user_attrs[UID_ATTR]}
+        mlflow.set_tracking_uri(tracking.tracking_uri(root))
+        self.client = mlflow.MlflowClient()
+        self.experiment_id = tracking._experiment_id(mlflow)
+        self.parent_id = self._find_or_create_parent(params)
 
     def _find_or_create_parent(self, params: dict) -> str:
-        query = " and ".join(f"tags.{k} = '{v}'" for k, v in {**self.study_tags, "role": "tuning"}.items())
+        query = f"tags.optuna_study_uid = '{self.study_tags['optuna_study_uid']}' and tags.role = 'tuning'"
         found = self.client.search_runs([self.experiment_id], query, max_results=1, order_by=["attributes.start_time ASC"])
         if found:
             return found[0].info.run_id
@@ -254,7 +262,6 @@ class Objective:
         values = {dim.name: dim.suggest(trial) for dim in self.space}
         params = trial_params(self.params, values)
         run_id = self.runs.start_trial(trial.number, params, values)
-        generator = seed_everything(params["seed"])
         start = time.perf_counter()
 
         def on_finetune_epoch(epoch: int, row: dict) -> None:
@@ -265,12 +272,13 @@ class Objective:
                                          f"(val Jaccard {row[OBJECTIVE]:.4f})")
 
         try:
+            # Seeded before each part, as the pipeline's stages are, so a trial scores what the pipeline would.
             pretrained = pretrain(self.pretrain_images, PretrainConfig(**params["pretrain"]),
-                                  params["finetune"]["skip_connections"], self.runtime, generator,
+                                  params["finetune"]["skip_connections"], self.runtime, seed_everything(params["seed"]),
                                   on_epoch=lambda e, row: self.runs.log_metrics(run_id, {"pretrain_loss": row["loss"]}, e))
             result = finetune(self.pets["images"], self.pets["masks"], self.train_idx, self.val_idx,
-                              FinetuneConfig(**params["finetune"]), pretrained, self.runtime, generator,
-                              on_epoch=on_finetune_epoch)
+                              FinetuneConfig(**params["finetune"]), pretrained, self.runtime,
+                              seed_everything(params["seed"]), on_epoch=on_finetune_epoch)
         except NonFiniteLossError as error:
             # Pruned rather than failed: TPE then ranks the region below every finished trial.
             reason = f"diverged: {error}"
@@ -296,8 +304,10 @@ class Objective:
 def run_study(params: dict, n_trials: int, timeout: float | None = None) -> tuple[optuna.Study, TrialRuns]:
     """Adds `n_trials` trials to the study (0 = none, e.g. to regenerate the report). A diverging trial
     is pruned with its reason and the study goes on; any other error stops it."""
-    study = open_study(params, adding_trials=n_trials > 0)
-    runs = TrialRuns(params)
+    # Processes starting together would each set up a new study, MLflow's tables and the parent run.
+    with exclusive(Path(f"{storage_path(params['tune'])}.setup.lock")):
+        study = open_study(params, adding_trials=n_trials > 0)
+        runs = TrialRuns(params, study)
     if n_trials > 0:
         objective = Objective(params, runs)
         study.set_user_attr(SIZES_ATTR, objective.sizes())
