@@ -16,7 +16,9 @@ import yaml
 from unet_ssl.cli import main
 from unet_ssl.prepare import prepare_pets, prepare_pretrain
 from unet_ssl.stages.common import PETS, PRETRAIN_IMAGES
-from unet_ssl.tune import STOP_REASON_ATTR, TrialRuns, make_storage, open_study, search_space, storage_path
+from unet_ssl.tune import (
+    STOP_REASON_ATTR, Objective, TrialRuns, make_storage, open_study, search_space, storage_path,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -94,14 +96,15 @@ def test_study_persists_resumes_survives_a_diverging_trial_and_tracks_every_tria
 
     client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("unet-ssl").experiment_id])
-    parents = [r for r in runs if r.data.tags.get("role") == "tuning"]
+    parents = [r for r in runs if r.data.tags.get("role") == "tuning" and r.data.tags["optuna_study"] == study.study_name]
     assert len(parents) == 1, "a resumed study keeps its one parent run"
     parent = parents[0]
     assert parent.data.metrics["best_val_jaccard"] == pytest.approx(study.best_value)
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "tuning")} >= {
         "tuning/tuning.md", "tuning/tuning_best.yaml", "tuning/history.png", "tuning/importances.png",
         "tuning/contour_pretrain_temperature_pretrain_lr.png"}
-    trials = {int(r.data.tags["optuna_trial"]): r for r in runs if r.data.tags.get("role") == "tuning_trial"}
+    trials = {int(r.data.tags["optuna_trial"]): r for r in runs if r.data.tags.get("role") == "tuning_trial"
+              and r.data.tags["optuna_study"] == study.study_name}
     assert sorted(trials) == [0, 1, 2, 3]
     for number, run in trials.items():
         frozen = study.trials[number]
@@ -117,6 +120,22 @@ def test_study_persists_resumes_survives_a_diverging_trial_and_tracks_every_tria
         assert trials[number].data.metrics["best_val_jaccard"] == pytest.approx(study.trials[number].value)
 
 
+def test_a_trial_is_pruned_between_epochs_but_never_after_its_last(workdir):
+    """ThresholdPruner(lower=2) prunes every score it is asked about (a Jaccard is at most 1)."""
+    params = tiny_params()
+    states = {}
+    for epochs in (2, 1):
+        params["tune"]["finetune_epochs"] = epochs
+        params["tune"]["study_name"] = f"prune-check-{epochs}"
+        study = open_study(params)
+        study.pruner = optuna.pruners.ThresholdPruner(lower=2.0)
+        study.optimize(Objective(params, TrialRuns(params, study)), n_trials=1)
+        trial = study.trials[0]
+        states[epochs] = (trial.state, sorted(trial.intermediate_values))
+    assert states[2] == (optuna.trial.TrialState.PRUNED, [1])
+    assert states[1] == (optuna.trial.TrialState.COMPLETE, [1])
+
+
 def test_two_processes_add_trials_to_one_study_at_once(workdir):
     params = tiny_params()
     before = len(load(params).trials) if Path(params["tune"]["storage"]).is_file() else 0
@@ -129,7 +148,8 @@ def test_two_processes_add_trials_to_one_study_at_once(workdir):
     assert [t.number for t in trials] == list(range(len(trials)))
     assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
     client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    runs = client.search_runs([client.get_experiment_by_name("unet-ssl").experiment_id], "tags.role = 'tuning'")
+    runs = client.search_runs([client.get_experiment_by_name("unet-ssl").experiment_id],
+                              f"tags.role = 'tuning' and tags.optuna_study = '{params['tune']['study_name']}'")
     assert len(runs) == 1, "processes starting together share one parent run"
 
 

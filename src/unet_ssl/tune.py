@@ -267,7 +267,8 @@ class Objective:
         def on_finetune_epoch(epoch: int, row: dict) -> None:
             self.runs.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, epoch)
             trial.report(row[OBJECTIVE], epoch)
-            if trial.should_prune():
+            # After the last epoch the training is done: the trial completes with its score, never pruned.
+            if epoch < params["finetune"]["epochs"] and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned by {type(trial.study.pruner).__name__} after fine-tuning epoch {epoch} "
                                          f"(val Jaccard {row[OBJECTIVE]:.4f})")
 
@@ -321,5 +322,6 @@ def best_values(study: optuna.Study) -> dict[str, float] | None:
 
 
 def apply_command(values: dict[str, float]) -> str:
-    """The one step that applies tuned values to the full pipeline."""
-    return "dvc exp run " + " ".join(f"-S {name}={value:.6g}" for name, value in values.items())
+    """The one step that applies tuned values to the full pipeline, at full precision: training is
+    chaotic enough that values rounded to 6 digits score differently from the trial."""
+    return "dvc exp run " + " ".join(f"-S {name}={value!r}" for name, value in values.items())

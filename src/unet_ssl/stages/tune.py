@@ -146,7 +146,7 @@ def write_report(study: optuna.Study, params: dict, figures: dict[str, Path | st
             f"Trial {study.best_trial.number}: validation Jaccard **{study.best_value:.4f}**"
             + (f" (baseline trial {baseline[0].number} with the params.yaml values: {baseline[0].value:.4f})" if baseline else "")
             + ".", "",
-            "| parameter | value |", "|---|---|", *[f"| {k} | {v:.6g} |" for k, v in best.items()], "",
+            "| parameter | value |", "|---|---|", *[f"| {k} | {v!r} |" for k, v in best.items()], "",
             f"Apply them to the full pipeline in one step (also written to `{BEST}`):", "",
             f"    {apply_command(best)}", "",
         ]
@@ -182,7 +182,7 @@ def log_to_parent(runs: TrialRuns, study: optuna.Study, files: list[Path]) -> No
     if best:
         metrics[f"best_{OBJECTIVE}"] = study.best_value
     runs.client.log_batch(runs.parent_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
-                          tags=[RunTag(f"best.{k}", f"{v:.6g}") for k, v in best.items()]
+                          tags=[RunTag(f"best.{k}", repr(v)) for k, v in best.items()]
                           + ([RunTag("best_trial", str(study.best_trial.number))] if best else []))
     for path in files:
         runs.client.log_artifact(runs.parent_id, str(path), "tuning")
