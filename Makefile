@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-slow ui paper clean-runs
+.PHONY: install run test test-slow ui paper clean-runs table1 table2 resolution release
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,15 @@ ui: install
 paper: install
 	cp profiles/paper.yaml params.yaml
 	dvc repro
+
+# The paper's tables as a DVC grid (grid/dvc.yaml; plain `dvc repro` never runs it). grid/params.yaml holds
+# the CPU grid profile; another one with e.g. `make table1 GRID_PROFILE=profiles/grid-paper.yaml`.
+GRID_PROFILE ?=
+table1 table2 resolution: install
+	$(if $(GRID_PROFILE),unet-ssl grid use $(GRID_PROFILE))
+	dvc repro grid/dvc.yaml:$@
+
+# Publish the fine-tuned model of the (up-to-date) main pipeline as models/pets-unet.pt with its model card;
+# `make release FROM_GRID=1` also weighs every grid run (best validation Jaccard wins).
+release: install
+	unet-ssl release $(if $(FROM_GRID),--from-grid)

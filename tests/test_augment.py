@@ -57,3 +57,34 @@ def test_paired_flip_crop_moves_image_and_labels_together():
     torch.testing.assert_close(out_x[:, 0], out_y.float())
     cx, cy = augment.paired_flip_crop(x, labels, torch.Generator().manual_seed(0), crop=True)
     assert cy.dtype == torch.long and set(cy.unique().tolist()) <= set(range(16))
+
+
+# Masked-autoencoder masks (the paper: 75% of the image set to black, in 20-px patches or single pixels).
+
+def test_patch_masks_hide_about_75_percent_in_whole_20px_patches_aligned_to_the_grid():
+    size, patch = 128, 20  # 128 = 6 * 20 + 8: the last row and column of patches are partial
+    mask = augment.patch_mask(64, size, size, torch.Generator().manual_seed(0), patch=patch, ratio=0.75)
+    assert mask.shape == (64, 1, size, size) and set(mask.unique().tolist()) == {0.0, 1.0}
+    hidden = mask.mean(dim=(1, 2, 3))
+    assert (hidden >= 0.75).all() and (hidden < 0.75 + patch * patch / size ** 2).all()  # overshoot < one patch
+    for r in range(0, size, patch):
+        for c in range(0, size, patch):
+            block = mask[:, 0, r:r + patch, c:c + patch].flatten(1)
+            assert torch.equal(block.min(1).values, block.max(1).values)  # every grid patch all hidden or all shown
+    assert torch.unique(mask.flatten(1), dim=0).shape[0] == 64  # drawn per image
+
+
+def test_pixel_masks_hide_exactly_75_percent_of_single_pixels_and_none_hides_nothing():
+    g = torch.Generator().manual_seed(0)
+    mask = augment.make_mask("pixel", 8, 128, 128, g)
+    assert (mask.sum(dim=(1, 2, 3)) == round(0.75 * 128 * 128)).all()
+    isolated = mask[:, 0, 1:-1, 1:-1] * (1 - mask[:, 0, :-2, 1:-1]) * (1 - mask[:, 0, 2:, 1:-1])
+    assert isolated.sum() > 0  # not patches: single hidden pixels between shown ones occur
+    assert augment.make_mask("none", 8, 128, 128, g).sum() == 0
+
+
+def test_masks_are_seeded():
+    a = augment.make_mask("patch", 4, 64, 64, torch.Generator().manual_seed(3))
+    b = augment.make_mask("patch", 4, 64, 64, torch.Generator().manual_seed(3))
+    c = augment.make_mask("patch", 4, 64, 64, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)

@@ -82,6 +82,35 @@ def _tune(args: argparse.Namespace) -> None:
     run(params, n_trials=args.n_trials, timeout=args.timeout)
 
 
+def _grid(args: argparse.Namespace) -> None:
+    from unet_ssl.stages import grid as grid_stages
+
+    if args.action == "use":
+        params = grid_stages.use_profile(Path(args.profile))
+        print(f"wrote {grid_stages.GRID_PARAMS}: {grid_stages.summary(params)}")
+        return
+    params = load_params(grid_stages.GRID_PARAMS)
+    if args.action == "plan":
+        grid_stages.check_plan(params)
+        print(grid_stages.summary(params))
+    elif args.action == "prepare":
+        grid_stages.prepare(params)
+    elif args.action == "pretrain":
+        grid_stages.pretrain_run(params, args.key)
+    elif args.action == "finetune":
+        grid_stages.finetune_run(params, args.key)
+    else:
+        from unet_ssl.stages import tables
+
+        tables.run_resolution(params) if args.action == "resolution" else tables.run_table(params, args.table)
+
+
+def _release(args: argparse.Namespace) -> None:
+    from unet_ssl import release
+
+    release.run(load_params(args.params), Path(args.out), include_grid=args.from_grid)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unet-ssl", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -141,6 +170,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="journal file of the study (default tune.storage)")
     p.set_defaults(func=_tune)
 
+    grid_parser = sub.add_parser("grid", help="the paper's tables as a grid of runs (grid/dvc.yaml; reads grid/params.yaml)")
+    grid_sub = grid_parser.add_subparsers(dest="action", required=True)
+    p = grid_sub.add_parser("use", help="write grid/params.yaml (profile + run plan) from a grid profile")
+    p.add_argument("profile", help="e.g. profiles/grid-cpu.yaml or profiles/grid-paper.yaml")
+    grid_sub.add_parser("plan", help="check grid/params.yaml and count its runs")
+    grid_sub.add_parser("prepare", help="the grid's pets and pretraining photos at the profile's sizes, validated")
+    for action in ("pretrain", "finetune"):
+        grid_sub.add_parser(action, help=f"one {action} run of the plan").add_argument("key", help="its name in plan.{action}")
+    grid_sub.add_parser("table", help="write reports/<table>.md and its figures from the runs").add_argument(
+        "table", choices=["table1", "table2"])
+    grid_sub.add_parser("resolution", help="score every 90%% run at grid.resolutions; reports/resolution.md")
+    grid_parser.set_defaults(func=_grid)
+
+    p = sub.add_parser("release", help="publish the fine-tuned model as <out>/pets-unet.pt with a model card")
+    p.add_argument("--out", default="models", help="folder for pets-unet.pt and README.md (default: models)")
+    p.add_argument("--from-grid", action="store_true",
+                   help="also consider every grid run; the best validation Jaccard wins (the test split chooses nothing)")
+    p.set_defaults(func=_release)
+
     p = sub.add_parser("evaluate", help="test-split scores (pipeline stage), or score any folder with --checkpoint")
     p.add_argument("--checkpoint", help="a fine-tuned checkpoint (.pt); with it, evaluate folders instead of the test split")
     p.add_argument("--images", help="folder of images")
@@ -161,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         from unet_ssl.images import BadInputError
 
-        if isinstance(e, (BadInputError, FileNotFoundError)) or type(e).__name__ in ("DataValidationError", "NonFiniteLossError", "CheckpointError"):
+        if isinstance(e, (BadInputError, FileNotFoundError)) or type(e).__name__ in (
+                "DataValidationError", "NonFiniteLossError", "CheckpointError", "ReleaseError", "GridPlanError"):
             print(f"unet-ssl {args.command}: error: {e}", file=sys.stderr)
             sys.exit(1)
         raise

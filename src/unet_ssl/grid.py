@@ -1,0 +1,197 @@
+"""The paper's two tables as grids of runs: the cells each table holds, the pretraining each cell
+needs (shared by every cell that needs the same one, so nothing is pretrained twice), and the run
+plan that `grid/dvc.yaml` iterates over with `foreach`.
+
+Plain Python: no torch, MLflow or DVC here, so the plan can be computed and checked anywhere.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+METHODS = ("simclr", "mae_patch", "mae_pixel", "mae_none", "none")
+SUBSETS = (0.9, 0.1, 0.01)
+
+# The paper's published numbers, quoted so our tables can stand beside them. They are the paper's
+# results, not ours: "Investigating U-Net Pretraining with SimCLR for Image Segmentation" (UCL,
+# student number 18006555; ../shared/paper/paper.txt), Table 1 (F1 and Jaccard; frozen encoder,
+# skip connections, 90% of the pets) and Table 2 (Jaccard of SimCLR U-Nets). The paper does not say
+# how it averaged beyond "per class, then across classes, then over batches" (our paper-style view).
+PAPER_CITATION = ("Investigating U-Net Pretraining with SimCLR for Image Segmentation (UCL, student 18006555), "
+                  "Tables 1 and 2")
+PAPER_TABLE1 = {  # method -> (F1, Jaccard)
+    "simclr": (0.775, 0.650),
+    "mae_patch": (0.779, 0.656),
+    "mae_pixel": (0.754, 0.622),
+    "mae_none": (0.748, 0.614),
+}
+PAPER_TABLE2 = {  # (freeze_encoder, skip_connections) -> {subset: Jaccard}, SimCLR pretraining
+    (False, False): {0.9: 0.706, 0.1: 0.575, 0.01: 0.467},
+    (False, True): {0.9: 0.716, 0.1: 0.602, 0.01: 0.448},
+    (True, False): {0.9: 0.469, 0.1: 0.650, 0.01: 0.550},
+    (True, True): {0.9: 0.646, 0.1: 0.559, 0.01: 0.420},
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: a pretraining method and a fine-tuning variant, run once per seed."""
+
+    method: str
+    freeze_encoder: bool = True
+    skip_connections: bool = True
+    subset: float = 0.9
+    projection: str = "bottleneck"  # SimCLR's projection head: bottleneck | multi_level
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown pretraining method {self.method!r}; expected one of {METHODS}")
+        if self.projection != "bottleneck" and self.method != "simclr":
+            raise ValueError("only SimCLR has a projection head")
+
+    @property
+    def name(self) -> str:
+        """Readable and free of dots (DVC reads dots in parameter names as nesting): simclr-frozen-skip-90."""
+        head = "-multilevel" if self.projection == "multi_level" else ""
+        encoder = "frozen" if self.freeze_encoder else "trained"
+        skips = "skip" if self.skip_connections else "noskip"
+        return f"{self.method}{head}-{encoder}-{skips}-{self.subset * 100:g}".replace(".", "p")
+
+    @property
+    def pretraining(self) -> tuple[str, str, bool]:
+        """What the pretrained checkpoint depends on besides the seed: the method, SimCLR's head, and
+        the skip connections for masked autoencoders only (they train the whole U-Net; SimCLR trains
+        the encoder alone, so one SimCLR checkpoint serves the skip and the no-skip U-Net)."""
+        skips = self.skip_connections if self.method.startswith("mae_") else True
+        return self.method, self.projection, skips
+
+    def pretrain_key(self, seed: int) -> str:
+        method, projection, skips = self.pretraining
+        head = "-multilevel" if projection == "multi_level" else ""
+        return f"{method}{head}{'' if skips else '-noskip'}-s{seed}"
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    cells: tuple[Cell, ...]  # one per column of the table
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[Row, ...]
+
+    @property
+    def cells(self) -> list[Cell]:
+        return [cell for row in self.rows for cell in row.cells]
+
+
+TABLE1 = Table(
+    name="table1",
+    title="Table 1: pretraining methods (frozen encoder, skip connections, 90% of the pets)",
+    columns=("90%",),
+    rows=(
+        Row("SimCLR", (Cell("simclr"),)),
+        Row("MAE, patch masking", (Cell("mae_patch"),)),
+        Row("MAE, pixel masking", (Cell("mae_pixel"),)),
+        Row("MAE, no masking", (Cell("mae_none"),)),
+        Row("none: frozen random encoder (baseline)", (Cell("none"),)),
+        Row("none: trained from scratch (baseline)", (Cell("none", freeze_encoder=False),)),
+        Row("SimCLR, multi-level projection head (ours)", (Cell("simclr", projection="multi_level"),)),
+    ),
+)
+
+
+def _table2_rows() -> tuple[Row, ...]:
+    rows = []
+    for method, name in (("simclr", "SimCLR"), ("none", "none (baseline)")):
+        for freeze in (False, True):  # the paper's row order: unfrozen no skip, unfrozen skip, frozen no skip, frozen skip
+            for skip in (False, True):
+                label = f"{name}, {'frozen' if freeze else 'trained'} encoder, {'skips' if skip else 'no skips'}"
+                rows.append(Row(label, tuple(Cell(method, freeze, skip, subset) for subset in SUBSETS)))
+    return tuple(rows)
+
+
+TABLE2 = Table(
+    name="table2",
+    title="Table 2: frozen / trained encoder x skip connections x fine-tuning subset",
+    columns=tuple(f"{s * 100:g}%" for s in SUBSETS),
+    rows=_table2_rows(),
+)
+
+TABLES = {t.name: t for t in (TABLE1, TABLE2)}
+
+
+def paper_value(table: Table, cell: Cell) -> tuple[float | None, float | None]:
+    """The paper's (F1, Jaccard) for a cell, None where the paper has no such cell."""
+    if table.name == "table1" and cell.projection == "bottleneck" and cell.method in PAPER_TABLE1:
+        return PAPER_TABLE1[cell.method]
+    if table.name == "table2" and cell.method == "simclr":
+        return None, PAPER_TABLE2[(cell.freeze_encoder, cell.skip_connections)][cell.subset]
+    return None, None
+
+
+def home(cell: Cell) -> str:
+    """The folder under grid/runs/ a cell's runs live in: the table that holds it, or `shared` when
+    both tables do (each table's stage depends on its own folder and on `shared`)."""
+    owners = [t.name for t in TABLES.values() if cell in t.cells]
+    return "shared" if len(owners) > 1 else owners[0]
+
+
+def selected_cells(grid_params: dict) -> list[Cell]:
+    """The cells of the tables named in `grid.tables`, restricted to `grid.cells` when that lists names."""
+    wanted = set(grid_params.get("cells") or [])
+    cells: list[Cell] = []
+    for name in grid_params["tables"]:
+        if name not in TABLES:
+            raise ValueError(f"grid.tables: unknown table {name!r}; expected {sorted(TABLES)}")
+        cells += [c for c in TABLES[name].cells if c not in cells and (not wanted or c.name in wanted)]
+    unknown = wanted - {c.name for t in TABLES.values() for c in t.cells}
+    if unknown:
+        raise ValueError(f"grid.cells: no table holds {sorted(unknown)}")
+    return cells
+
+
+def pretrain_config(params: dict, method: str, projection: str) -> dict:
+    """The profile's `pretrain` group with the method, its head and the per-method overrides
+    (`grid.pretrain_overrides`, e.g. the paper's 128 px for masked autoencoders) applied. The
+    baseline `none` trains nothing, so none of the settings apply to it."""
+    if method == "none":
+        return {"method": "none", "projection": projection}
+    cfg = copy.deepcopy(params["pretrain"])
+    cfg |= (params["grid"].get("pretrain_overrides") or {}).get(method, {})
+    cfg |= {"method": method, "projection": projection}
+    return cfg
+
+
+def plan(params: dict) -> dict:
+    """Every pretraining run and fine-tuning run of the selected cells x `grid.seeds`, keyed by
+    names free of dots. Fine-tuning runs name the pretraining run whose checkpoint they start from."""
+    pretrain_runs: dict[str, dict] = {}
+    finetune_runs: dict[str, dict] = {}
+    for cell in selected_cells(params["grid"]):
+        method, projection, skips = cell.pretraining
+        for seed in params["grid"]["seeds"]:
+            key = cell.pretrain_key(seed)
+            pretrain_runs.setdefault(key, {
+                "seed": seed, "skip_connections": skips, "pretrain": pretrain_config(params, method, projection)})
+            finetune_runs[f"{cell.name}-s{seed}"] = {
+                "cell": cell.name,
+                "seed": seed,
+                "dir": f"{home(cell)}/{cell.name}/s{seed}",
+                "pretrain": key,
+                "finetune": {**params["finetune"], "freeze_encoder": cell.freeze_encoder,
+                             "skip_connections": cell.skip_connections, "subset": cell.subset},
+            }
+    return {"pretrain": pretrain_runs, "finetune": finetune_runs}
+
+
+def cell_by_name(name: str) -> Cell:
+    for table in TABLES.values():
+        for cell in table.cells:
+            if cell.name == name:
+                return cell
+    raise KeyError(f"no table holds a cell named {name!r}")

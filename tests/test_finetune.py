@@ -1,0 +1,85 @@
+"""Fine-tuning as the tables use it: a frozen pretrained encoder comes out of `finetune()`
+bit-identical (weights and batch-norm statistics), and the training subsets are seeded and nested."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from unet_ssl import checkpoint
+from unet_ssl.finetune import FinetuneConfig, finetune, subset_indices
+from unet_ssl.prepare import prepare_pets
+from unet_ssl.pretrain import PretrainConfig, pretrain
+from unet_ssl.runtime import make_runtime, seed_everything
+
+CPU = make_runtime({"device": "cpu", "precision": "fp32", "channels_last": False})
+DATA = {"image_size": 32, "split": "random", "test_fraction": 0.1, "val_fraction": 0.2, "exclude": [],
+        "on_bad_input": "skip"}
+
+
+@pytest.fixture(scope="module")
+def pets(tmp_path_factory) -> dict:
+    """The embedded sample's real pets at 32 px with their split."""
+    from conftest import SAMPLE
+
+    out = tmp_path_factory.mktemp("pets")
+    prepare_pets(SAMPLE, out, DATA, seed=0)
+    return torch.load(out / "pets.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def pretrained(pets) -> dict:
+    """A real (if tiny) masked-autoencoder checkpoint: encoder and decoder pretrained, so both its
+    weights and its batch-norm statistics differ from a fresh U-Net's."""
+    cfg = PretrainConfig(method="mae_patch", epochs=1, batch_size=8, image_size=32, mask_patch=8)
+    return pretrain(pets["images"], cfg, True, CPU, seed_everything(0))
+
+
+def run(pets: dict, pretrained: dict, freeze: bool, select_best: bool) -> dict:
+    split = pets["split"]
+    train, val = torch.nonzero(split == 0).flatten(), torch.nonzero(split == 1).flatten()
+    cfg = FinetuneConfig(epochs=2, batch_size=8, subset=0.9, freeze_encoder=freeze, image_size=32, augment="flip",
+                         select_best=select_best)
+    return finetune(pets["images"], pets["masks"], train, val, cfg, pretrained, CPU, seed_everything(1))
+
+
+def encoder_part(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k.startswith("encoder.")}
+
+
+@pytest.mark.parametrize("select_best", [True, False])
+def test_a_frozen_encoder_leaves_finetune_bit_identical(pets, pretrained, select_best):
+    result = run(pets, pretrained, freeze=True, select_best=select_best)
+    before, after = encoder_part(pretrained["model"]), encoder_part(result["model"])
+    assert before.keys() == after.keys() and any(k.endswith("running_var") for k in after)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    decoder_changed = [k for k, v in result["model"].items() if k.startswith("decoder.") and not torch.equal(v, pretrained["model"][k])]
+    assert decoder_changed  # the same run did train the rest of the network
+
+
+def test_a_trained_encoder_moves_away_from_the_pretrained_one(pets, pretrained):
+    result = run(pets, pretrained, freeze=False, select_best=False)
+    before, after = encoder_part(pretrained["model"]), encoder_part(result["model"])
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("running_mean"))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))
+
+
+def test_the_released_checkpoint_format_round_trips(pets, pretrained, tmp_path: Path):
+    result = run(pets, pretrained, freeze=True, select_best=True)
+    checkpoint.save_atomic(result, tmp_path / "ft.pt")
+    model = checkpoint.load_model(tmp_path / "ft.pt")
+    assert all(torch.equal(v, result["model"][k]) for k, v in model.state_dict().items())
+
+
+def test_subsets_are_seeded_nested_and_sized_as_fractions_of_the_whole_set():
+    train = torch.arange(3, 3 + 2 * 402, 2)  # 402 training indices, as in the shared data
+    sizes = {s: subset_indices(train, s, seed=7) for s in (0.9, 0.1, 0.01)}
+    assert torch.equal(sizes[0.9], train)
+    assert [len(sizes[s]) for s in (0.1, 0.01)] == [45, 4]  # round(402 * s / 0.9)
+    assert set(sizes[0.01].tolist()) <= set(sizes[0.1].tolist()) <= set(sizes[0.9].tolist())
+    assert torch.equal(subset_indices(train, 0.1, seed=7), sizes[0.1])
+    assert not torch.equal(subset_indices(train, 0.1, seed=8), sizes[0.1])
+    for seed in range(5):  # nested for every seed, not by luck
+        small, large = subset_indices(train, 0.01, seed), subset_indices(train, 0.1, seed)
+        assert set(small.tolist()) <= set(large.tolist())
