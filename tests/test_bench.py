@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from unet_ssl import bench
 from unet_ssl.cli import main
@@ -105,13 +106,23 @@ def test_numerics_verdict_compares_paired_differences_with_seed_spread():
     assert not bench.numerics_verdict(apart)["within_noise"]
 
 
-def test_stage_memory_reads_each_stage_peak_rss(tmp_path):
+def test_stage_memory_reads_each_stage_peak_rss(tmp_path, sample_data, params):
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     shutil.copytree(ROOT / "sample", tmp_path / "data" / "raw")
     rows = bench.stage_memory(["prepare-pets", "finetune"], "params.yaml", tmp_path, log=lambda line: None)
-    assert rows[0]["returncode"] == 0 and 50 < rows[0]["peak_rss_mb"] < 4096
+    assert rows[0]["returncode"] == 0 and all(50 < r["peak_rss_mb"] < 4096 for r in rows)
     assert (tmp_path / "data" / "prepared" / "pets" / "pets.pt").is_file()
     assert rows[1]["returncode"] != 0 and len(rows) == 2  # no pretrained checkpoint: it fails, and is reported
+    # A stage still running at the timeout is interrupted and still reports its peak.
+    long_run = {**params, "pretrain": {**params["pretrain"], "epochs": 100_000}}
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(long_run))
+    photos = tmp_path / "data" / "prepared" / "pretrain" / "pretrain.pt"
+    photos.parent.mkdir(parents=True)
+    torch.save({"images": sample_data.pretrain[:64].clone()}, photos)
+    (stopped,) = bench.stage_memory(["pretrain"], "long.yaml", tmp_path, timeout=8, log=lambda line: None)
+    assert stopped["stopped"] and stopped["returncode"] == 0 and stopped["summary"].startswith("interrupted after 8 s")
+    assert stopped["peak_rss_mb"] > 50
+    assert not (tmp_path / "checkpoints" / "pretrained.pt").exists()
 
 
 def test_cli_writes_the_report(tmp_path, monkeypatch):

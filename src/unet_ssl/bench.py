@@ -20,11 +20,14 @@ import itertools
 import math
 import os
 import platform
+import re
+import signal
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -34,6 +37,7 @@ from typing import Callable, Iterator
 import torch
 
 from unet_ssl import augment
+from unet_ssl.config import CLASS_NAMES
 from unet_ssl.finetune import NUM_CLASSES, FinetuneConfig, finetune
 from unet_ssl.losses import dice_loss
 from unet_ssl.metrics import ConfusionMatrix
@@ -206,7 +210,7 @@ class Workload:
 
 def build_workload(name: str, data: BenchData, runtime: Runtime, cfg: BenchConfig, views: torch.Generator) -> Workload:
     """The same model, loss and optimiser as the pipeline's loop for `name`, on `runtime`."""
-    seg = UNetConfig(out_channels=NUM_CLASSES)
+    reconstruct, segment = UNetConfig(out_channels=3), UNetConfig(out_channels=NUM_CLASSES)
     if name in ("simclr", "mae"):
         images = runtime.resident(data.pretrain)
     else:
@@ -217,7 +221,7 @@ def build_workload(name: str, data: BenchData, runtime: Runtime, cfg: BenchConfi
 
     if name == "simclr":
         pcfg = PretrainConfig(method="simclr", image_size=64)
-        net = runtime.model(SimCLRNet(UNet(UNetConfig(out_channels=3)).encoder, ProjectionHead(seg.widths)))
+        net = runtime.model(SimCLRNet(UNet(reconstruct).encoder, ProjectionHead(reconstruct.widths)))
         optimizer = torch.optim.Adam(net.parameters())
 
         def step(inputs):
@@ -231,7 +235,7 @@ def build_workload(name: str, data: BenchData, runtime: Runtime, cfg: BenchConfi
                         lambda b: (runtime.batch(torch.cat(b)),), net)
     if name == "mae":
         pcfg = PretrainConfig(method="mae_patch", image_size=128)
-        net = runtime.model(UNet(UNetConfig(out_channels=3)))
+        net = runtime.model(UNet(reconstruct))
         optimizer = torch.optim.Adam(net.parameters())
 
         def make(idx):
@@ -246,7 +250,7 @@ def build_workload(name: str, data: BenchData, runtime: Runtime, cfg: BenchConfi
 
         return Workload(name, "MAE pretraining (patch mask)", 128, cfg.batch, data.pretrain.shape[0], make, step,
                         lambda b: (runtime.batch(b[0]), runtime.batch(b[1])), net)
-    model = runtime.model(UNet(seg))
+    model = runtime.model(UNet(segment))
     if name == "finetune":
         optimizer = torch.optim.Adam(model.parameters())
 
@@ -306,7 +310,7 @@ def step_flops(workload: Workload, inputs: tuple) -> int:
 
 def matmul_peak(runtime: Runtime, dtype: torch.dtype, seconds: float = 0.5) -> float:
     """GFLOP/s of a large square matmul in `dtype` on the device: the practical ceiling."""
-    n = 4096 if runtime.device.type == "cuda" else 1024
+    n = 8192 if runtime.device.type == "cuda" else 1024
     a = torch.randn(n, n, device=runtime.device).to(dtype)
     b = torch.randn(n, n, device=runtime.device).to(dtype)
     per_second, _ = rate(lambda i: torch.mm(a, b), runtime, seconds, 3)
@@ -423,10 +427,11 @@ def bf16_numerics(data: BenchData, params: dict, seeds: list[int], epochs: int, 
             model.load_state_dict(result["model"])
             model = runtime.model(model)
             val = validation_scores(model, data.pets[val_idx], data.masks[val_idx], runtime, cfg.batch_size)
-            test, _ = evaluate_model(model, data.pets[test_idx], data.masks[test_idx], runtime, cfg.batch_size,
-                                     cfg.batch_size)
+            test, pred = evaluate_model(model, data.pets[test_idx], data.masks[test_idx], runtime, cfg.batch_size,
+                                        cfg.batch_size)
             rows.append({"seed": seed, "precision": precision, "val_jaccard": val["jaccard"], "val_f1": val["f1"],
                          "test_jaccard": test["jaccard"], "test_f1": test["f1"], "seconds": seconds,
+                         "final_train_loss": result["history"][-1]["train_loss"], "test_pred": pred,
                          "selected_epoch": result["selected_epoch"], "n_train": len(train_idx), "n_val": len(val_idx),
                          "n_test": len(test_idx), "channels_last": runtime.channels_last})
             log(f"numerics seed {seed} {precision}: val Jaccard {val['jaccard']:.4f}, test Jaccard {test['jaccard']:.4f}, "
@@ -446,6 +451,14 @@ def numerics_verdict(rows: list[dict]) -> dict:
         out[metric] = {"mean_diff": statistics.fmean(diffs), "max_abs_diff": max(map(abs, diffs)), "fp32_seed_std": spread,
                        "within_noise": len(fp32) > 1 and abs(statistics.fmean(diffs)) <= spread}
     out["speedup"] = statistics.fmean(by[s, "fp32"]["seconds"] / by[s, "bf16"]["seconds"] for s in seeds)
+    if all("test_pred" in r for r in rows):
+        out["pixel_agreement"] = statistics.fmean(
+            (by[s, "fp32"]["test_pred"] == by[s, "bf16"]["test_pred"]).float().mean().item() for s in seeds)
+        out["predicted_classes"] = sorted({c for r in rows for c in r["test_pred"].unique().tolist()})
+        pairs = list(itertools.combinations(seeds, 2))
+        if pairs:  # the same comparison between fp32 runs of different seeds: what "noise" looks like per pixel
+            out["seed_pixel_agreement"] = statistics.fmean(
+                (by[a, "fp32"]["test_pred"] == by[b, "fp32"]["test_pred"]).float().mean().item() for a, b in pairs)
     out["within_noise"] = all(out[m]["within_noise"] for m in ("val_jaccard", "test_jaccard"))
     return out
 
@@ -453,23 +466,42 @@ def numerics_verdict(rows: list[dict]) -> dict:
 # ------------------------------------------------------------------------------------ stage memory
 
 
-def stage_memory(stages: list[str], params_path: str, cwd: Path, log: Callable[[str], None] = print) -> list[dict]:
+def stage_memory(stages: list[str], params_path: str, cwd: Path, timeout: float = 0, grace: float = 120,
+                 log: Callable[[str], None] = print) -> list[dict]:
     """Runs each pipeline stage as its own process (`python -m unet_ssl <stage>`) in `cwd` and
-    reads its peak resident set size from the kernel (wait4's ru_maxrss, in KiB on Linux)."""
+    reads its peak resident set size from the kernel (wait4's ru_maxrss, in KiB on Linux).
+
+    With `timeout`, a stage still running after that many seconds is interrupted (SIGINT, so its
+    MLflow run ends as KILLED; SIGKILL `grace` seconds later if a long tensor operation keeps it
+    from noticing): training reaches its peak with the first step, so a long stage's peak is
+    measured without running it to the end. Such a stage counts as stopped, not failed."""
     rows = []
     for stage in stages:
         start = time.perf_counter()
+        # SIGINT back to its default, so Python raises KeyboardInterrupt even when this bench runs
+        # in the background (where the shell starts jobs with SIGINT ignored).
         proc = subprocess.Popen([sys.executable, "-m", "unet_ssl", "--params", params_path, stage], cwd=cwd,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        timers = [threading.Timer(timeout, os.kill, [proc.pid, signal.SIGINT]),
+                  threading.Timer(timeout + grace, os.kill, [proc.pid, signal.SIGKILL])] if timeout else []
+        for timer in timers:
+            timer.start()
         output = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)
+        for timer in timers:
+            timer.cancel()
         proc.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - start
-        last = [line for line in output.splitlines() if line.startswith(f"{stage.split('-')[0]}")]
-        rows.append({"stage": stage, "seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "returncode": proc.returncode,
-                     "summary": last[-1] if last else output.strip().splitlines()[-1] if output.strip() else ""})
-        log(f"stage {stage}: exit {proc.returncode}, {seconds:.0f}s, peak RSS {usage.ru_maxrss / 1024:.0f} MiB")
-        if proc.returncode != 0:
+        stopped = bool(timers) and proc.returncode != 0 and seconds >= timeout
+        last = [line for line in output.splitlines() if line.startswith(stage.split("-")[0])]
+        summary = (f"interrupted after {timeout:g} s, ended at {seconds:.0f} s" if stopped else
+                   last[-1] if last else output.strip().splitlines()[-1] if output.strip() else "")
+        rows.append({"stage": stage, "seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024,
+                     "returncode": 0 if stopped else proc.returncode, "stopped": stopped, "summary": summary})
+        log(f"stage {stage}: exit {proc.returncode}{' (stopped)' if stopped else ''}, {seconds:.0f}s, "
+            f"peak RSS {usage.ru_maxrss / 1024:.0f} MiB")
+        if proc.returncode != 0 and not stopped:
             log(output[-3000:])
             break
     return rows
@@ -498,8 +530,9 @@ def environment(device: torch.device, load_before: tuple[float, ...]) -> list[st
     except ImportError:
         vision = "not installed"
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                                cwd=Path(__file__).parent).stdout.strip()
+        git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True, check=True,  # noqa: E731
+                                           cwd=Path(__file__).parent).stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD") + (" plus uncommitted changes" if git("status", "--porcelain", "--", ".") else "")
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     load_after = os.getloadavg()
@@ -568,35 +601,51 @@ def numerics_markdown(rows: list[dict], verdict: dict, data: BenchData, epochs: 
         f"(channels_last {'on' if first['channels_last'] else 'off'}); scores of the best-validation weights "
         "(dataset-level, 3 classes).", "", *env, f"- data: {data.source}; {first['n_train']} training, "
         f"{first['n_val']} validation, {first['n_test']} test images", "",
-        "| seed | precision | val Jaccard | val F1 | test Jaccard | test F1 | selected epoch | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| seed | precision | final train loss | val Jaccard | val F1 | test Jaccard | test F1 | selected epoch | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['seed']} | {r['precision']} | {r['val_jaccard']:.4f} | {r['val_f1']:.4f} | "
-                     f"{r['test_jaccard']:.4f} | {r['test_f1']:.4f} | {r['selected_epoch']} | {r['seconds']:.0f} |")
+        lines.append(f"| {r['seed']} | {r['precision']} | {r['final_train_loss']:.4f} | {r['val_jaccard']:.4f} | "
+                     f"{r['val_f1']:.4f} | {r['test_jaccard']:.4f} | {r['test_f1']:.4f} | {r['selected_epoch']} | "
+                     f"{r['seconds']:.0f} |")
     lines.append("")
     for metric in ("val_jaccard", "test_jaccard"):
         v = verdict[metric]
         lines.append(f"- {metric.replace('_', ' ')}: mean bf16 - fp32 difference {v['mean_diff']:+.4f} (largest "
                      f"{v['max_abs_diff']:.4f}); fp32 seed-to-seed std {_f(v['fp32_seed_std'], 4)}; "
                      f"{'within' if v['within_noise'] else 'NOT within'} seed noise")
+    if "pixel_agreement" in verdict:
+        lines.append(f"- test pixels on which the fp32 and bf16 models predict the same class: "
+                     f"{100 * verdict['pixel_agreement']:.1f}% (mean over seeds)"
+                     + (f"; between fp32 runs of different seeds: {100 * verdict['seed_pixel_agreement']:.1f}%"
+                        if "seed_pixel_agreement" in verdict else "")
+                     + f"; classes predicted at all: {', '.join(CLASS_NAMES[c] for c in verdict['predicted_classes'])}")
     lines.append(f"- bf16 fine-tuning ran {verdict['speedup']:.2f}x as fast as fp32 (wall clock, same machine)")
-    lines.append(f"- verdict: {'bf16 matches fp32 within seed noise on this data' if verdict['within_noise'] else 'bf16 differs from fp32 by more than seed noise on this data'}"
-                 " (a small sample: more seeds and the full data give a firmer answer)")
+    if len(verdict.get("predicted_classes", [0, 1])) < 2:
+        outcome = "inconclusive: the models predict a single class, so the scores cannot tell fp32 from bf16"
+    elif verdict["within_noise"]:
+        outcome = "bf16 matches fp32 within seed noise on this data"
+    else:
+        outcome = "bf16 differs from fp32 by more than seed noise on this data"
+    lines.append(f"- verdict: {outcome} ({len({r['seed'] for r in rows})} seeds)")
     return "\n".join(lines) + "\n"
 
 
-def memory_markdown(rows: list[dict], params_path: str, cwd: Path, env: list[str], limit_mb: float = 4096) -> str:
+def memory_markdown(rows: list[dict], params_path: str, cwd: Path, env: list[str], label: str = "",
+                    limit_mb: float = 4096) -> str:
     import yaml
 
     params = yaml.safe_load((cwd / params_path).read_text())
     lines = [
-        "## Peak memory per stage", "", "Generated by `unet-ssl bench --stages ...`: each stage run as its own process, "
-        "peak resident set size from the kernel (wait4 ru_maxrss).", "", *env,
+        f"## Peak memory per stage{f' ({label})' if label else ''}", "",
+        "Generated by `unet-ssl bench --stages ...`: each stage run as its own process, peak resident set size "
+        "from the kernel (wait4 ru_maxrss); a stage stopped early was interrupted after reaching its training "
+        "steps (the peak comes with the first step).", "", *env, f"- repository: {cwd.resolve()}; data: {_raw_summary(cwd, params)}",
         f"- settings: pretrain {params['pretrain']['method']} batch {params['pretrain']['batch_size']} for "
         f"{params['pretrain']['epochs']} epochs at {params['pretrain']['image_size']} px; finetune batch "
         f"{params['finetune']['batch_size']} for {params['finetune']['epochs']} epochs; evaluate batch "
-        f"{params['evaluate']['batch_size']}; pretrain_limit {params['data'].get('pretrain_limit', 0)} (0 = all)",
+        f"{params['evaluate']['batch_size']}; pretrain_limit {params['data'].get('pretrain_limit', 0)} (0 = all); "
+        f"precision {params['runtime']['precision']}",
         "", "| stage | exit | seconds | peak RSS MiB | under 4 GiB | output |", "|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -605,18 +654,33 @@ def memory_markdown(rows: list[dict], params_path: str, cwd: Path, env: list[str
     return "\n".join(lines) + "\n"
 
 
+def _raw_summary(cwd: Path, params: dict) -> str:
+    """How much data the stages read: pets and pretraining photos in the prepared tensors, if any."""
+    from unet_ssl.stages.common import PETS, PRETRAIN_IMAGES
+
+    counts = []
+    for name, path in (("pets", PETS), ("pretraining photos", PRETRAIN_IMAGES)):
+        if (cwd / path).is_file():
+            counts.append(f"{torch.load(cwd / path, weights_only=True, mmap=True)['images'].shape[0]} {name}")
+    return ", ".join(counts) or f"raw data in {params['data']['raw_dir']}"
+
+
+SECTION_ORDER = ("throughput", "numerics", "memory")
+
+
 def write_section(path: Path, key: str, markdown: str) -> None:
-    """Replaces the section `key` of the report (or appends it), keeping the other sections."""
-    begin, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
-    block = f"{begin}\n{markdown}{end}\n"
-    text = path.read_text() if path.is_file() else "# Performance\n\nFigures measured by `unet-ssl bench`; see docs/scale-out.md for running on many machines.\n\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
+    """Replaces the section `key` of the report (or adds it), keeping the other sections, in the
+    order throughput, numerics, memory (sections of one kind in the order they were first written)."""
+    text = path.read_text() if path.is_file() else (
+        "# Performance\n\nFigures measured by `unet-ssl bench`; see docs/scale-out.md for running on many machines.\n")
+    pattern = re.compile(r"<!-- bench:(?P<key>[\w-]+) -->\n.*?<!-- /bench:(?P=key) -->\n?", re.S)
+    sections = {m["key"]: m[0].rstrip("\n") for m in pattern.finditer(text)}
+    head = pattern.sub("", text).rstrip("\n")
+    sections[key] = f"<!-- bench:{key} -->\n{markdown.rstrip(chr(10))}\n<!-- /bench:{key} -->"
+    rank = lambda k: next((i for i, kind in enumerate(SECTION_ORDER) if k.startswith(kind)), len(SECTION_ORDER))  # noqa: E731
+    ordered = sorted(sections, key=lambda k: (rank(k), list(sections).index(k)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_text(head + "\n\n" + "\n\n".join(sections[k] for k in ordered) + "\n")
 
 
 @dataclass
@@ -628,6 +692,8 @@ class BenchRequest:
     numerics_seeds: list[int] = field(default_factory=list)
     numerics_epochs: int = 0
     stages: list[str] = field(default_factory=list)
+    stage_timeout: float = 0
+    label: str = ""  # names the memory section, so runs with other settings keep their own
     out: Path | None = None
 
 
@@ -638,9 +704,11 @@ def run(request: BenchRequest, params: dict, params_path: str = "params.yaml", r
         torch.set_num_threads(cfg.threads)
     device = make_runtime({"device": cfg.device}).device
     if request.stages:
-        rows = stage_memory(request.stages, params_path, root)
+        rows = stage_memory(request.stages, params_path, root, request.stage_timeout)
         if request.out:
-            write_section(request.out, "memory", memory_markdown(rows, params_path, root, environment(device, load_before)))
+            key = "memory" + "".join(f"-{w}" for w in request.label.lower().split() if w.isalnum())
+            write_section(request.out, key, memory_markdown(rows, params_path, root, environment(device, load_before),
+                                                            request.label))
         if any(r["returncode"] for r in rows):
             raise RuntimeError("a stage failed; see its output above")
     if not (request.throughput or request.numerics_seeds):

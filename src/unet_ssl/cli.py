@@ -55,6 +55,15 @@ def _evaluate(args: argparse.Namespace) -> None:
     evaluate_folder(Path(args.checkpoint), Path(args.images), Path(args.trimaps), Path(args.out), args.batch_size)
 
 
+def _tune(args: argparse.Namespace) -> None:
+    from unet_ssl.stages.tune import run
+
+    params = load_params(args.params)
+    overrides = {"seed": args.seed, "study_name": args.study_name, "storage": args.storage}
+    params["tune"] |= {k: v for k, v in overrides.items() if v is not None}
+    run(params, n_trials=args.n_trials, timeout=args.timeout)
+
+
 def _bench(args: argparse.Namespace) -> None:
     from unet_ssl import bench
 
@@ -69,17 +78,9 @@ def _bench(args: argparse.Namespace) -> None:
         config=config, throughput=not args.no_throughput,
         numerics_seeds=[int(s) for s in split(args.numerics_seeds)] if args.numerics else [],
         numerics_epochs=args.numerics_epochs or params["finetune"]["epochs"],
-        stages=split(args.stages), out=Path(args.out) if args.out else None)
+        stages=split(args.stages), stage_timeout=args.stage_timeout, label=args.label,
+        out=Path(args.out) if args.out else None)
     bench.run(request, params, args.params)
-
-
-def _tune(args: argparse.Namespace) -> None:
-    from unet_ssl.stages.tune import run
-
-    params = load_params(args.params)
-    overrides = {"seed": args.seed, "study_name": args.study_name, "storage": args.storage}
-    params["tune"] |= {k: v for k, v in overrides.items() if v is not None}
-    run(params, n_trials=args.n_trials, timeout=args.timeout)
 
 
 def _grid(args: argparse.Namespace) -> None:
@@ -140,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, func, help_) in stages.items():
         sub.add_parser(name, help=help_).set_defaults(func=_stage(module, func))
 
+    p = sub.add_parser("tune", help="Optuna study of tune.space (resumable; report in reports/tuning.md)")
+    p.add_argument("--n-trials", type=int, help="trials to add (default tune.n_trials; 0 = only regenerate the report)")
+    p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    p.add_argument("--seed", type=int, help="sampler seed (default tune.seed); give each parallel process its own")
+    p.add_argument("--study-name", help="default tune.study_name")
+    p.add_argument("--storage", help="journal file of the study (default tune.storage)")
+    p.set_defaults(func=_tune)
+
     p = sub.add_parser("bench", help="images/s of each workload: tensor data path vs compute vs naive PIL pipeline; "
                                      "optional bf16 numerics and per-stage peak memory")
     p.add_argument("--out", help="markdown report to write (its other sections are kept), e.g. reports/performance.md")
@@ -160,15 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--numerics-epochs", type=int, default=0, help="default finetune.epochs")
     p.add_argument("--stages", default="", help="comma-separated pipeline stages to run as subprocesses here, "
                                                 "measuring peak RSS (writes the stages' outputs: use a scratch clone)")
+    p.add_argument("--stage-timeout", type=float, default=0, help="interrupt a stage after this many seconds "
+                                                                   "(its peak comes with the first training steps)")
+    p.add_argument("--label", default="", help="names the memory section (e.g. 'paper batch sizes')")
     p.set_defaults(func=_bench)
-
-    p = sub.add_parser("tune", help="Optuna study of tune.space (resumable; report in reports/tuning.md)")
-    p.add_argument("--n-trials", type=int, help="trials to add (default tune.n_trials; 0 = only regenerate the report)")
-    p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    p.add_argument("--seed", type=int, help="sampler seed (default tune.seed); give each parallel process its own")
-    p.add_argument("--study-name", help="default tune.study_name")
-    p.add_argument("--storage", help="journal file of the study (default tune.storage)")
-    p.set_defaults(func=_tune)
 
     grid_parser = sub.add_parser("grid", help="the paper's tables as a grid of runs (grid/dvc.yaml; reads grid/params.yaml)")
     grid_sub = grid_parser.add_subparsers(dest="action", required=True)
