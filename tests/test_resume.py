@@ -69,11 +69,15 @@ STAGES = {
 }
 
 
-def start(ws: Path, stage: str) -> subprocess.Popen:
-    """`unet-ssl <stage>` as its own process, with the workspace's own MLflow store."""
+def stage_env() -> dict:
+    """The workspace's own MLflow store, and progress bars even without a terminal: they tell where the stage is."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONUNBUFFERED"] = "1"
-    return subprocess.Popen([sys.executable, "-m", "unet_ssl", stage], cwd=ws, env=env, text=True,
+    return env | {"PYTHONUNBUFFERED": "1", "UNET_SSL_PROGRESS": "1"}
+
+
+def start(ws: Path, stage: str) -> subprocess.Popen:
+    """`unet-ssl <stage>` as its own process."""
+    return subprocess.Popen([sys.executable, "-m", "unet_ssl", stage], cwd=ws, env=stage_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -125,7 +129,7 @@ def test_sigkilled_stage_resumes_and_matches_an_uninterrupted_run(make_workspace
     resume_file = ws / "checkpoints" / "resume" / f"{name}.pt"
     saved_epoch = checkpoint.load(resume_file)["epoch"]
     rerun = subprocess.run([sys.executable, "-m", "unet_ssl", name], cwd=ws, capture_output=True, text=True,
-                           env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+                           env=stage_env())
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     ref_out, ref_err = reference.communicate(timeout=600)
     assert reference.returncode == 0, ref_err[-3000:]

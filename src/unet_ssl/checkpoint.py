@@ -2,6 +2,7 @@
 architecture they were made with and a format version."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 from unet_ssl.model import UNet, UNetConfig
 
 FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -41,6 +43,34 @@ def load(path: Path) -> dict:
         raise CheckpointError(f"checkpoint {path} has format version {version}; this unet-ssl reads version {FORMAT_VERSION} "
                               "(re-run the stage that writes it)")
     return ckpt
+
+
+def save_training_state(path: Path, run_key: dict, epoch: int, modules: dict[str, torch.nn.Module],
+                        optimizer: torch.optim.Optimizer, generator: torch.Generator, **extra) -> None:
+    """Everything needed to go on after `epoch` as if never stopped: weights, optimizer, both RNG streams."""
+    save_atomic({"format_version": FORMAT_VERSION, "run_key": run_key, "epoch": epoch,
+                 **{name: module.state_dict() for name, module in modules.items()},
+                 "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                 "generator": generator.get_state(), **extra}, path)
+
+
+def resume_training_state(path: Path | None, run_key: dict, modules: dict[str, torch.nn.Module],
+                          optimizer: torch.optim.Optimizer, generator: torch.Generator, what: str) -> dict | None:
+    """Restores the state `save_training_state` wrote, if `path` holds one made with the same `run_key`
+    (settings and data size); returns it (epoch, history, ...) or None to start from scratch."""
+    if path is None or not Path(path).is_file():
+        return None
+    state = load(path)
+    if state.get("run_key") != run_key:
+        log.warning("ignoring %s: it was written with other settings", path)
+        return None
+    for name, module in modules.items():
+        module.load_state_dict(state[name])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    generator.set_state(state["generator"])
+    log.info("resuming %s from %s after epoch %d", what, path, state["epoch"])
+    return state
 
 
 def model_checkpoint(model: UNet, **extra) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from unet_ssl.images import BadInputError
@@ -38,6 +39,8 @@ def copy_tree(source: Path, dest: Path = RAW) -> None:
 
 
 DVC_FILE = Path("data.dvc")
+# The DVC of this interpreter, so `.venv/bin/unet-ssl data ...` works without the venv on PATH.
+DVC = [sys.executable, "-m", "dvc"]
 
 
 def dvc_add() -> None:
@@ -47,11 +50,11 @@ def dvc_add() -> None:
         log.warning("no .dvc folder here: %s is not versioned", RAW)
         return
     if not DVC_FILE.exists():
-        subprocess.run(["dvc", "add", "-q", str(RAW)], check=True)
+        subprocess.run([*DVC, "add", "-q", str(RAW)], check=True)
         nested = RAW.with_name(RAW.name + ".dvc")
         DVC_FILE.write_text(nested.read_text().replace(f"path: {RAW.name}\n", f"path: {RAW.as_posix()}\n"))
         nested.unlink()
-    subprocess.run(["dvc", "commit", "-f", "-q", str(DVC_FILE)], check=True)
+    subprocess.run([*DVC, "commit", "-f", "-q", str(DVC_FILE)], check=True)
 
 
 def use_sample(force: bool = False) -> bool:

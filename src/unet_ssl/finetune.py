@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm import tqdm
 
 from unet_ssl import augment, checkpoint
 from unet_ssl.losses import dice_loss
 from unet_ssl.metrics import ConfusionMatrix
 from unet_ssl.model import UNet, UNetConfig, freeze_encoder, train_mode
-from unet_ssl.runtime import Runtime, check_finite
+from unet_ssl.runtime import Runtime, check_finite, progress
 
 log = logging.getLogger(__name__)
 
@@ -104,18 +103,8 @@ def finetune(
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     run_key = {**asdict(cfg), "n_train": len(train_idx), "n_val": len(val_idx),
                "pretrained_method": (pretrained or {}).get("method", "none")}
-    start_epoch, history, best = 0, [], None
-    if resume_path is not None and Path(resume_path).is_file():
-        state = checkpoint.load(resume_path)
-        if state.get("run_key") == run_key:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["torch_rng"])
-            generator.set_state(state["generator"])
-            start_epoch, history, best = state["epoch"], state["history"], state.get("best")
-            log.info("resuming fine-tuning from %s after epoch %d", resume_path, start_epoch)
-        else:
-            log.warning("ignoring %s: it was written with other settings", resume_path)
+    state = checkpoint.resume_training_state(resume_path, run_key, {"model": model}, optimizer, generator, "fine-tuning")
+    start_epoch, history, best = (state["epoch"], state["history"], state["best"]) if state else (0, [], None)
     train_images, train_masks = images[train_idx], masks[train_idx]
     val_images, val_masks = images[val_idx], masks[val_idx]
     n = len(train_idx)
@@ -125,7 +114,7 @@ def finetune(
         train_mode(model, cfg.freeze_encoder)
         order = torch.randperm(n, generator=generator)
         total, steps = 0.0, 0
-        bar = tqdm(range(0, n, batch_size), desc=f"finetune epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
+        bar = progress(range(0, n, batch_size), f"finetune epoch {epoch}/{cfg.epochs}")
         for step, start in enumerate(bar):
             idx = order[start:start + batch_size]
             x, y = augment.to_float(train_images[idx]), train_masks[idx]
@@ -152,11 +141,8 @@ def finetune(
         if on_epoch:
             on_epoch(epoch, row)
         if resume_path is not None:
-            checkpoint.save_atomic({
-                "format_version": checkpoint.FORMAT_VERSION, "run_key": run_key, "epoch": epoch, "history": history,
-                "best": best, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(), "generator": generator.get_state(),
-            }, resume_path)
+            checkpoint.save_training_state(resume_path, run_key, epoch, {"model": model}, optimizer, generator,
+                                           history=history, best=best)
     model = model.cpu()
     selected_epoch = cfg.epochs
     if best is not None:

@@ -151,7 +151,7 @@ def prepare_pets(raw_dir: Path, out_dir: Path, params: dict, seed: int) -> pd.Da
     excluded = set(params.get("exclude") or [])
     pairs = find_pairs(pets_dir, report)
     images, masks, rows = [], [], []
-    for stem, image_path, trimap_path in tqdm(pairs, desc="prepare pets", unit="img"):
+    for stem, image_path, trimap_path in tqdm(pairs, desc="prepare pets", unit="img", disable=None):
         if stem in excluded:
             report.add(image_path, "excluded", "listed in data.exclude")
             continue
@@ -256,7 +256,7 @@ def prepare_pretrain(raw_dir: Path, out_dir: Path, params: dict, seed: int) -> p
     for i in chosen:
         wanted.setdefault(entries[i][0], set()).add(entries[i][1])
     images, rows = [], []
-    progress = tqdm(total=len(chosen), desc="prepare pretrain", unit="img")
+    progress = tqdm(total=len(chosen), desc="prepare pretrain", unit="img", disable=None)
     for shard, names in wanted.items():
         with _open_tar(shard) as tar:
             for member in _members(shard, tar):

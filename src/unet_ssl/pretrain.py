@@ -9,12 +9,11 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from unet_ssl import augment, checkpoint, distributed
 from unet_ssl.losses import nt_xent_loss, reconstruction_loss
 from unet_ssl.model import ProjectionHead, UNet, UNetConfig
-from unet_ssl.runtime import Runtime, check_finite
+from unet_ssl.runtime import Runtime, check_finite, progress
 
 log = logging.getLogger(__name__)
 
@@ -117,19 +116,9 @@ def pretrain(
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     run_key = {**asdict(cfg), "skip_connections": skip_connections, "n_images": images.shape[0],
                "world_size": ctx.world_size}
-    start_epoch, history = 0, []
-    if resume_path is not None and Path(resume_path).is_file():
-        state = checkpoint.load(resume_path)
-        if state.get("run_key") == run_key:
-            model.load_state_dict(state["model"])
-            head.load_state_dict(state["head"])
-            optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["torch_rng"])
-            generator.set_state(state["generator"])
-            start_epoch, history = state["epoch"], state["history"]
-            log.info("resuming pretraining from %s after epoch %d", resume_path, start_epoch)
-        else:
-            log.warning("ignoring %s: it was written with other settings", resume_path)
+    modules = {"model": model, "head": head}
+    state = checkpoint.resume_training_state(resume_path, run_key, modules, optimizer, generator, "pretraining")
+    start_epoch, history = (state["epoch"], state["history"]) if state else (0, [])
     n = images.shape[0]
     if n < 2:
         raise ValueError(f"pretraining needs at least 2 images, got {n}")
@@ -147,8 +136,7 @@ def pretrain(
         order = torch.randperm(n, generator=generator)
         views_generator = runtime.generator(int(torch.randint(2**62, (1,), generator=generator)) + ctx.rank)
         total = 0.0
-        bar = tqdm(range(steps), desc=f"pretrain {cfg.method} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
-                   disable=not ctx.is_main)
+        bar = progress(range(steps), f"pretrain {cfg.method} epoch {epoch}/{cfg.epochs}", show=ctx.is_main)
         for step in bar:
             local = distributed.shard(order[step * batch_size:(step + 1) * batch_size], ctx)
             batch = runtime.to_device(images[local.to(images.device)])
@@ -168,11 +156,7 @@ def pretrain(
         if on_epoch and ctx.is_main:
             on_epoch(epoch, row)
         if resume_path is not None and ctx.is_main:
-            checkpoint.save_atomic({
-                "format_version": checkpoint.FORMAT_VERSION, "run_key": run_key, "epoch": epoch, "history": history,
-                "model": model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(), "generator": generator.get_state(),
-            }, resume_path)
+            checkpoint.save_training_state(resume_path, run_key, epoch, modules, optimizer, generator, history=history)
     parts = ["encoder", "decoder"] if is_mae else ["encoder"]
     return checkpoint.model_checkpoint(model.cpu(), method=cfg.method, pretrained_parts=parts, history=history,
                                        head=head.cpu().state_dict(), config=asdict(cfg))

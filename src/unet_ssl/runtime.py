@@ -95,3 +95,27 @@ def check_finite(loss: torch.Tensor, stage: str, epoch: int, step: int, last_fin
             "lower the learning rate or check the input data"
         )
     return value
+
+
+class _Steps:
+    """The steps without a bar: what `progress` gives where tqdm is not installed."""
+
+    def __init__(self, steps: range):
+        self.steps = steps
+
+    def __iter__(self):
+        return iter(self.steps)
+
+    def set_postfix(self, **_: object) -> None:
+        pass
+
+
+def progress(steps: range, desc: str, show: bool = True):
+    """A tqdm bar over `steps` on a terminal, or anywhere with UNET_SSL_PROGRESS=1: logs (DVC, CI, files)
+    stay free of bar redraws, and the core still runs on torch alone where tqdm is absent."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _Steps(steps)
+    disable = not show or (None if os.environ.get("UNET_SSL_PROGRESS") != "1" else False)
+    return tqdm(steps, desc=desc, unit="batch", leave=False, disable=disable)
