@@ -2,6 +2,7 @@
 bit-identical (weights and batch-norm statistics), and the training subsets are seeded and nested."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,29 @@ def test_subsets_are_seeded_nested_and_sized_as_fractions_of_the_whole_set():
     for seed in range(5):  # nested for every seed, not by luck
         small, large = subset_indices(train, 0.01, seed), subset_indices(train, 0.1, seed)
         assert set(small.tolist()) <= set(large.tolist())
+
+
+def test_a_cosine_schedule_anneals_per_epoch_and_resumes_where_it_stopped(pets, pretrained, tmp_path: Path):
+    """A run that crashes after its epoch-2 checkpoint resumes with the scheduler where it was: the history
+    (losses, learning rates, scores) and the weights equal those of an uninterrupted run."""
+    split = pets["split"]
+    train, val = torch.nonzero(split == 0).flatten(), torch.nonzero(split == 1).flatten()
+    cfg = FinetuneConfig(epochs=4, batch_size=8, freeze_encoder=False, image_size=32, lr_schedule="cosine")
+
+    def train_run(**kwargs) -> dict:
+        return finetune(pets["images"], pets["masks"], train, val, cfg, pretrained, CPU, seed_everything(1), **kwargs)
+
+    def crash_in_epoch_3(epoch: int, row: dict) -> None:
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    uninterrupted = train_run()
+    lrs = [row["lr"] for row in uninterrupted["history"]]
+    assert lrs == pytest.approx([1e-3 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)])
+    resume = tmp_path / "resume.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_run(resume_path=resume, on_epoch=crash_in_epoch_3)
+    assert checkpoint.load(resume)["epoch"] == 2
+    resumed = train_run(resume_path=resume)
+    assert resumed["history"] == uninterrupted["history"]
+    assert all(torch.equal(v, uninterrupted["model"][k]) for k, v in resumed["model"].items())

@@ -12,6 +12,7 @@ from unet_ssl.model import UNet, UNetConfig
 
 FORMAT_VERSION = 1
 log = logging.getLogger(__name__)
+Stateful = torch.nn.Module | torch.optim.lr_scheduler.LRScheduler  # what a training state saves by name
 
 
 class CheckpointError(ValueError):
@@ -45,7 +46,7 @@ def load(path: Path) -> dict:
     return ckpt
 
 
-def save_training_state(path: Path, run_key: dict, epoch: int, modules: dict[str, torch.nn.Module],
+def save_training_state(path: Path, run_key: dict, epoch: int, modules: dict[str, Stateful],
                         optimizer: torch.optim.Optimizer, generator: torch.Generator, **extra) -> None:
     """Everything needed to go on after `epoch` as if never stopped: weights, optimizer, both RNG streams."""
     save_atomic({"format_version": FORMAT_VERSION, "run_key": run_key, "epoch": epoch,
@@ -54,7 +55,7 @@ def save_training_state(path: Path, run_key: dict, epoch: int, modules: dict[str
                  "generator": generator.get_state(), **extra}, path)
 
 
-def resume_training_state(path: Path | None, run_key: dict, modules: dict[str, torch.nn.Module],
+def resume_training_state(path: Path | None, run_key: dict, modules: dict[str, Stateful],
                           optimizer: torch.optim.Optimizer, generator: torch.Generator, what: str) -> dict | None:
     """Restores the state `save_training_state` wrote, if `path` holds one made with the same `run_key`
     (settings and data size); returns it (epoch, history, ...) or None to start from scratch."""

@@ -32,12 +32,15 @@ class FinetuneConfig:
     image_size: int = 128
     augment: str = "none"  # "none" (the paper), "flip", or "flip_crop"
     select_best: bool = True  # keep the weights of the epoch with the best validation Jaccard
+    lr_schedule: str = "constant"  # "constant" (the paper) or "cosine" (annealed to 0 over the epochs)
 
     def __post_init__(self):
         if not 0 < self.subset <= FULL_TRAINING_FRACTION:
             raise ValueError(f"finetune.subset must be in (0, {FULL_TRAINING_FRACTION}], got {self.subset}")
         if self.augment not in ("none", "flip", "flip_crop"):
             raise ValueError(f"finetune.augment must be 'none', 'flip' or 'flip_crop', got {self.augment!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"finetune.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
 
 
 def subset_indices(train_indices: torch.Tensor, subset: float, seed: int) -> torch.Tensor:
@@ -103,7 +106,10 @@ def finetune(
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     run_key = {**asdict(cfg), "n_train": len(train_idx), "n_val": len(val_idx),
                "pretrained_method": (pretrained or {}).get("method", "none")}
-    state = checkpoint.resume_training_state(resume_path, run_key, {"model": model}, optimizer, generator, "fine-tuning")
+    stateful = {"model": model}
+    if cfg.lr_schedule == "cosine":  # stepped once per epoch
+        stateful["scheduler"] = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    state = checkpoint.resume_training_state(resume_path, run_key, stateful, optimizer, generator, "fine-tuning")
     start_epoch, history, best = (state["epoch"], state["history"], state["best"]) if state else (0, [], None)
     train_images, train_masks = images[train_idx], masks[train_idx]
     val_images, val_masks = images[val_idx], masks[val_idx]
@@ -130,7 +136,9 @@ def finetune(
             optimizer.step()
             total, steps = total + last_loss, steps + 1
             bar.set_postfix(loss=f"{last_loss:.4f}")
-        row = {"epoch": epoch, "train_loss": total / steps}
+        row = {"epoch": epoch, "train_loss": total / steps, "lr": optimizer.param_groups[0]["lr"]}
+        if "scheduler" in stateful:
+            stateful["scheduler"].step()
         if len(val_idx):
             scores = validation_scores(model, val_images, val_masks, runtime, batch_size)
             row |= {"val_f1": scores["f1"], "val_jaccard": scores["jaccard"]}
@@ -141,7 +149,7 @@ def finetune(
         if on_epoch:
             on_epoch(epoch, row)
         if resume_path is not None:
-            checkpoint.save_training_state(resume_path, run_key, epoch, {"model": model}, optimizer, generator,
+            checkpoint.save_training_state(resume_path, run_key, epoch, stateful, optimizer, generator,
                                            history=history, best=best)
     model = model.cpu()
     selected_epoch = cfg.epochs
