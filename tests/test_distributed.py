@@ -100,10 +100,19 @@ def two_process_results(tmp_path_factory):
     return photos, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
-def assert_grads_close(actual: dict, expected: dict) -> None:
+def assert_grads_close(actual: dict, expected: dict) -> float:
+    """Every gradient tensor close to the reference; returns the largest absolute difference."""
     assert actual.keys() == expected.keys() and actual
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    return max((actual[name] - expected[name]).abs().max().item() for name in expected)
+
+
+def report(capsys, what: str, ranks: list[dict], key: str, loss: torch.Tensor, grad_diff: list[float]) -> None:
+    with capsys.disabled():
+        print(f"\n[2 gloo processes vs 1 process, {what}] loss {loss.item():.6f} vs ranks "
+              f"{[round(r[key]['loss'].item(), 6) for r in ranks]}; {len(ranks[0][key]['grads'])} gradient tensors, "
+              f"max |diff| {max(grad_diff):.2e}")
 
 
 def test_shards_partition_the_global_batch_in_order():
@@ -122,7 +131,7 @@ def test_outside_torchrun_everything_is_single_process():
     assert distributed.wrap(net, torch.device("cpu")) is net
 
 
-def test_two_processes_match_one_process_with_frozen_batch_statistics(two_process_results):
+def test_two_processes_match_one_process_with_frozen_batch_statistics(two_process_results, capsys):
     """With batch norm on running statistics the two-process step is exactly the one-process step."""
     photos, ranks = two_process_results
     net = fresh_net().eval()
@@ -130,10 +139,11 @@ def test_two_processes_match_one_process_with_frozen_batch_statistics(two_proces
     loss.backward()
     for result in ranks:
         torch.testing.assert_close(result["eval"]["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
-        assert_grads_close(result["eval"]["grads"], grads(net))
+    report(capsys, "batch norm on running statistics", ranks, "eval", loss,
+           [assert_grads_close(result["eval"]["grads"], grads(net)) for result in ranks])
 
 
-def test_two_processes_match_one_process_normalising_each_shard(two_process_results):
+def test_two_processes_match_one_process_normalising_each_shard(two_process_results, capsys):
     """In training mode each CPU rank normalises with its own shard's batch statistics (torch has
     no CPU SyncBatchNorm), so the one-process reference embeds each shard separately and computes
     NT-Xent over the concatenated global batch."""
@@ -151,7 +161,8 @@ def test_two_processes_match_one_process_normalising_each_shard(two_process_resu
     loss.backward()
     for result in ranks:
         torch.testing.assert_close(result["train"]["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
-        assert_grads_close(result["train"]["grads"], grads(net))
+    report(capsys, "batch norm per shard", ranks, "train", loss,
+           [assert_grads_close(result["train"]["grads"], grads(net)) for result in ranks])
 
 
 def test_mae_gradients_are_the_global_mean(two_process_results):

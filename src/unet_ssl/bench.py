@@ -403,6 +403,12 @@ def _compiled_rate(workload: Workload, ready: list[tuple], runtime: Runtime, cfg
 # ---------------------------------------------------------------------------------------- numerics
 
 
+def finetune_settings(cfg: FinetuneConfig) -> str:
+    return (f"{cfg.image_size} px, batch {cfg.batch_size}, lr {cfg.lr:g} ({cfg.lr_schedule}), augmentation {cfg.augment}, "
+            f"encoder {'frozen' if cfg.freeze_encoder else 'trained'}, skips {'on' if cfg.skip_connections else 'off'}, "
+            f"subset {cfg.subset:g}")
+
+
 def bf16_numerics(data: BenchData, params: dict, seeds: list[int], epochs: int, device: str = "auto",
                   log: Callable[[str], None] = print) -> list[dict]:
     """Fine-tunes from scratch in fp32 and in bf16 with the same seeds (pipeline settings
@@ -433,7 +439,8 @@ def bf16_numerics(data: BenchData, params: dict, seeds: list[int], epochs: int, 
                          "test_jaccard": test["jaccard"], "test_f1": test["f1"], "seconds": seconds,
                          "final_train_loss": result["history"][-1]["train_loss"], "test_pred": pred,
                          "selected_epoch": result["selected_epoch"], "n_train": len(train_idx), "n_val": len(val_idx),
-                         "n_test": len(test_idx), "channels_last": runtime.channels_last})
+                         "n_test": len(test_idx), "channels_last": runtime.channels_last,
+                         "settings": finetune_settings(cfg)})
             log(f"numerics seed {seed} {precision}: val Jaccard {val['jaccard']:.4f}, test Jaccard {test['jaccard']:.4f}, "
                 f"{seconds:.0f}s")
     return rows
@@ -605,7 +612,7 @@ def numerics_markdown(rows: list[dict], verdict: dict, data: BenchData, epochs: 
         f"`finetune` settings for {epochs} epochs, once in fp32 and once under bf16 autocast with the same seed "
         f"(channels_last {'on' if first['channels_last'] else 'off'}); scores of the best-validation weights "
         "(dataset-level, 3 classes).", "", *env, f"- data: {data.source}; {first['n_train']} training, "
-        f"{first['n_val']} validation, {first['n_test']} test images", "",
+        f"{first['n_val']} validation, {first['n_test']} test images", f"- fine-tuning: {first['settings']}", "",
         "| seed | precision | final train loss | val Jaccard | val F1 | test Jaccard | test F1 | selected epoch | seconds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
