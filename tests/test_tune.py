@@ -2,6 +2,7 @@
 temporary folder with its own journal file and MLflow store: persisted, resumed, a diverging trial
 pruned with its reason, nested MLflow runs, best values written; plus the seeding, the refusal to
 mix training settings, and DVC's plan showing that plain `dvc repro` leaves the tuning stage out."""
+import copy
 import os
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from unet_ssl.cli import main
 from unet_ssl.prepare import prepare_pets, prepare_pretrain
 from unet_ssl.stages.common import PETS, PRETRAIN_IMAGES
 from unet_ssl.tune import (
-    STOP_REASON_ATTR, Objective, TrialRuns, make_storage, open_study, search_space, storage_path,
+    ORIGIN_ATTR, STOP_REASON_ATTR, Objective, TrialRuns, make_storage, open_study, search_space, storage_path,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,3 +236,40 @@ def test_plain_dvc_repro_leaves_the_tuning_pipeline_out(tmp_path, monkeypatch):
     tune_stage = next(s for s in repo.index.stages if s.addressing == "tuning/dvc.yaml:tune")
     params_file = next(d for d in tune_stage.deps if d.def_path == "params.yaml")
     assert Path(params_file.fs_path) == tmp_path / "params.yaml", "the stage reads the root params.yaml"
+
+
+def test_compare_reports_the_test_scores_of_pipeline_runs_grouped_by_tuned_and_baseline_values(tmp_path, monkeypatch, capsys):
+    """`unet-ssl tune --compare` reads the pipeline runs of named DVC experiments from MLflow and groups them
+    by their values of the searched params: the study's best trial against its params.yaml baseline."""
+    from optuna.distributions import FloatDistribution
+
+    from unet_ssl import tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = tiny_params()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    study = open_study(params, adding_trials=False)
+    space = {dim.name: FloatDistribution(dim.low, dim.high, log=dim.log) for dim in search_space(params["tune"])}
+    baseline = {"pretrain.temperature": 0.2, "pretrain.lr": 1e-3, "finetune.lr": 1e-3}
+    tuned = {"pretrain.temperature": 0.37, "pretrain.lr": 5e-4, "finetune.lr": 2e-3}
+    study.add_trial(optuna.trial.create_trial(params=baseline, distributions=space, value=0.5,
+                                              user_attrs={ORIGIN_ATTR: "params.yaml"}))
+    study.add_trial(optuna.trial.create_trial(params=tuned, distributions=space, value=0.6))
+    for name, values, seed, score in (("paper-s0", baseline, 0, 0.50), ("tuned-s0", tuned, 0, 0.60),
+                                      ("tuned-s1", tuned, 1, 0.70)):
+        run_params = copy.deepcopy(params) | {"seed": seed}
+        for key, value in values.items():
+            group, leaf = key.split(".")
+            run_params[group][leaf] = value
+        monkeypatch.setenv("DVC_EXP_NAME", name)
+        with tracking.stage_run("evaluate", run_params):
+            pass
+        tracking.log_to_pipeline(run_params, {"test_jaccard": score, "test_f1": score + 0.1, "test_jaccard_border": score / 2})
+    main(["tune", "--compare", "paper-s0", "tuned-s0", "tuned-s1"])
+    text = (tmp_path / "reports" / "tuning_test.md").read_text()
+    assert "| baseline (params.yaml) | 0.2 | 0.001 | 0.001 | 0 | 0.5000 |" in text
+    assert "| tuned (best trial) | 0.37 | 0.0005 | 0.002 | 0, 1 | 0.6500 ± 0.0707 |" in text
+    with pytest.raises(SystemExit):
+        main(["tune", "--compare", "never-run"])
+    assert "no finished pipeline run with test scores for DVC experiment 'never-run'" in capsys.readouterr().err

@@ -56,12 +56,15 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _tune(args: argparse.Namespace) -> None:
-    from unet_ssl.stages.tune import run
+    from unet_ssl.stages.tune import compare, run
 
     params = load_params(args.params)
     overrides = {"seed": args.seed, "study_name": args.study_name, "storage": args.storage}
     params["tune"] |= {k: v for k, v in overrides.items() if v is not None}
-    run(params, n_trials=args.n_trials, timeout=args.timeout)
+    if args.compare:
+        compare(params, args.compare)
+    else:
+        run(params, n_trials=args.n_trials, timeout=args.timeout)
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -147,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="sampler seed (default tune.seed); give each parallel process its own")
     p.add_argument("--study-name", help="default tune.study_name")
     p.add_argument("--storage", help="journal file of the study (default tune.storage)")
+    p.add_argument("--compare", nargs="+", metavar="EXP", help="instead of trials: test scores of these DVC experiments "
+                   "(pipeline runs of the tuned and baseline values) -> reports/tuning_test.md")
     p.set_defaults(func=_tune)
 
     p = sub.add_parser("bench", help="images/s of each workload: tensor data path vs compute vs naive PIL pipeline; "
@@ -214,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
         from unet_ssl.images import BadInputError
 
         if isinstance(e, (BadInputError, FileNotFoundError)) or type(e).__name__ in (
-                "DataValidationError", "NonFiniteLossError", "CheckpointError", "ReleaseError", "GridPlanError"):
+                "DataValidationError", "NonFiniteLossError", "CheckpointError", "ReleaseError", "GridPlanError",
+                "ComparisonError"):
             print(f"unet-ssl {args.command}: error: {e}", file=sys.stderr)
             sys.exit(1)
         raise
