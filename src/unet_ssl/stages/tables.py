@@ -107,7 +107,9 @@ def data_statement(params: dict, prepared: Path = PETS.parent.parent) -> list[st
         f"{counts.get('train', 0)} train / {counts.get('val', 0)} validation / {counts.get('test', 0)} test "
         f"(split `{d['split']}`, seed {d['split_seed']}); the full Oxford-IIIT Pet set has 7,390 pets of 37 breeds.",
         f"- Pretraining photos: {len(photos)} of {photos['wnid'].nunique()} classes at {d['pretrain_image_size']} px"
-        f"{' (dogs and cats left out)' if d.get('exclude_pets') else ''}; the paper used 350,000 iNaturalist photos.",
+        f"{' (dogs and cats left out)' if d.get('exclude_pets') else ''}"
+        f"{' (prepared, not used: pretraining method none)' if params['pretrain']['method'] == 'none' else ''}"
+        "; the paper used 350,000 iNaturalist photos.",
     ]
 
 
