@@ -2,6 +2,7 @@
 FLOP count against the U-Net's own arithmetic, the report sections and the stage-memory runner."""
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -93,6 +94,16 @@ def test_report_sections_are_replaced_in_place(tmp_path, tiny_rows, sample_data)
     assert text.index("## Throughput") < text.index("## Peak memory")
     table = [line for line in text.splitlines() if line.startswith("| SimCLR")]
     assert len(table) == 1 and "| 64 | 4 | fp32 | off |" in table[0]
+
+
+def test_compiled_rates_get_their_own_columns_and_a_ratio_per_row(tiny_rows, sample_data):
+    rows, peaks = tiny_rows
+    compiled = [dataclasses.replace(r, compiled=2 * r.compute, compile_seconds=1.0) for r in rows]
+    cfg = dataclasses.replace(TINY, compile=True)
+    text = bench.throughput_markdown(compiled, peaks, cfg, sample_data, env=[])
+    assert "| compiled compute img/s | compile s |" in text
+    assert "- SimCLR pretraining: fp32 channels_last off 2.00x" in text
+    assert "torch.compile" not in bench.throughput_markdown(rows, peaks, TINY, sample_data, env=[])
 
 
 def test_numerics_verdict_compares_paired_differences_with_seed_spread():

@@ -597,6 +597,14 @@ def throughput_markdown(rows: list[Row], peaks: dict, cfg: BenchConfig, data: Be
         for r, base in best.values():
             lines.append(f"- {r.label}: {r.precision}, channels_last {'on' if r.channels_last else 'off'}: "
                          f"{r.end_to_end / base.end_to_end:.2f}x ({_f(base.end_to_end)} -> {_f(r.end_to_end)} img/s)")
+    compiled = [r for r in rows if r.compiled]
+    if compiled:
+        lines += ["", "torch.compile, compiled against eager compute step of the same row (a workload's first row pays "
+                      "the compile time; later rows reuse or recompile):"]
+        for label in dict.fromkeys(r.label for r in compiled):
+            lines.append(f"- {label}: " + ", ".join(
+                f"{r.precision} channels_last {'on' if r.channels_last else 'off'} {r.compiled / r.compute:.2f}x"
+                for r in compiled if r.label == label))
     over = [r for r in rows if r.achieved_gflops > r.peak_gflops]
     if over:
         lines += ["", f"{len(over)} rows run above the matmul peak of their dtype: the convolutions (oneDNN on CPU) "
