@@ -435,3 +435,43 @@ def test_write_bad_input_report(make_workspace, mlflow_client, capsys):
         lines.append(f"| {case.id} | {case.what} | {case.outcome} | {cell(*error)} | {cell(*skip)} |")
     (REPO / "reports").mkdir(exist_ok=True)
     (REPO / "reports" / "bad_input.md").write_text("\n".join(lines) + "\n")
+
+
+def sample_names_and_hashes() -> tuple[list[str], list[str]]:
+    """Every photo of the sample by stem, with the sha256 of its bytes."""
+    import hashlib
+
+    photos = sorted(images(SAMPLE_PETS).glob("*.jpg"))
+    return [p.stem for p in photos], [hashlib.sha256(p.read_bytes()).hexdigest() for p in photos]
+
+
+@pytest.mark.parametrize("split", ["random", "official"])
+def test_adding_photos_never_moves_one_into_or_out_of_the_test_split(split):
+    from unet_ssl.prepare import assign_splits
+
+    names, hashes = sample_names_and_hashes()
+    full = dict(zip(names, assign_splits(names, hashes, SAMPLE_PETS, split, 0.3, 0.2, seed=0)))
+    for keep in (slice(0, None, 2), slice(1, None, 3), slice(0, 10)):
+        part = dict(zip(names[keep], assign_splits(names[keep], hashes[keep], SAMPLE_PETS, split, 0.3, 0.2, seed=0)))
+        assert part == {n: full[n] for n in part}, "a photo's split depends on the other photos present"
+    assert set(full.values()) == {"train", "val", "test"}
+    other_seed = assign_splits(names, hashes, SAMPLE_PETS, split, 0.3, 0.2, seed=1)
+    test_sets = [{n for n, s in zip(names, splits) if s == "test"} for splits in (list(full.values()), other_seed)]
+    assert (test_sets[0] != test_sets[1]) == (split == "random"), "the seed moves the random test split only"
+
+
+@pytest.mark.parametrize("split", ["random", "official"])
+def test_byte_identical_photos_share_one_split(split):
+    from unet_ssl.prepare import assign_splits
+
+    names, hashes = sample_names_and_hashes()
+    splits = dict(zip(names, assign_splits(names, hashes, SAMPLE_PETS, split, 0.3, 0.2, seed=0)))
+    test_name = next(n for n, s in splits.items() if s == "test")
+    train_name = next(n for n, s in splits.items() if s == "train")
+    hashes[names.index(train_name)] = hashes[names.index(test_name)]  # the same photo under a second name
+    twins = dict(zip(names, assign_splits(names, hashes, SAMPLE_PETS, split, 0.3, 0.2, seed=0)))
+    assert twins[test_name] == twins[train_name]
+    assert twins[min(test_name, train_name)] == splits[min(test_name, train_name)] or split == "official"
+    if split == "official":  # a group with an official test member is all in test: no test photo is trained on
+        assert twins[train_name] == "test"
+

@@ -49,9 +49,10 @@ def test_suites_pass_on_the_bundled_sample(sample_prepared):
     rows = all_rows(pets, pretrain, data)
     assert failures(rows) == set()
     checked = {(r["expectation"], r["column"]) for r in rows}
-    for check in [("expect_column_values_to_be_unique", "sha256"), ("expect_column_pair_values_to_be_equal", "width,mask_width"),
+    for check in [("expect_column_values_to_be_between", "splits_of_photo"),
+                  ("expect_column_pair_values_to_be_equal", "width,mask_width"),
                   ("expect_column_values_to_be_in_set", "mode"), ("expect_column_values_to_match_regex", "trimap_values"),
-                  ("expect_column_values_to_match_regex", "class_values"), ("expect_column_pair_values_to_be_equal", "count,expected"),
+                  ("expect_column_values_to_match_regex", "class_values"), ("expect_column_values_to_be_between", "count"),
                   ("expect_column_values_to_be_between", "train_images_with_class"), ("expect_column_values_to_not_be_null", "mask_file")]:
         assert check in checked
 
@@ -73,7 +74,7 @@ def copy_split(pets: pd.DataFrame, source: str, target: str) -> pd.DataFrame:
 
 BROKEN = {
     "same_photo_in_train_and_test": (lambda m: copy_split(m, "test", "train"),
-                                     ("pets_manifest", "expect_column_values_to_be_unique", "sha256")),
+                                     ("pets_manifest", "expect_column_values_to_be_between", "splits_of_photo")),
     "trimap_value_5": (lambda m: m.assign(trimap_values=m["trimap_values"].mask(m.index == 3, "1 2 5")),
                        ("pets_manifest", "expect_column_values_to_match_regex", "trimap_values")),
     "class_value_3": (lambda m: m.assign(class_values=m["class_values"].mask(m.index == 4, "0 1 3")),
@@ -84,8 +85,8 @@ BROKEN = {
                            ("pets_manifest", "expect_column_pair_values_to_be_equal", "width,mask_width")),
     "mode_not_converted": (lambda m: m.assign(mode=m["mode"].mask(m.index == 1, "CMYK")),
                            ("pets_manifest", "expect_column_values_to_be_in_set", "mode")),
-    "split_sizes_off": (lambda m: m.assign(split=m["split"].mask(m.index == m.index[m["split"] == "test"][0], "train")),
-                        ("pets_split_sizes", "expect_column_pair_values_to_be_equal", "count,expected")),
+    "split_sizes_off": (lambda m: m.assign(split=m["split"].mask(m["split"] == "val", "train")),
+                        ("pets_split_sizes", "expect_column_values_to_be_between", "count")),
     "mask_missing": (lambda m: m.assign(mask_file=m["mask_file"].mask(m.index == 0, None)),
                      ("pets_manifest", "expect_column_values_to_not_be_null", "mask_file")),
 }
@@ -139,7 +140,7 @@ def test_validate_stage_fails_with_a_readable_report(make_workspace, sample_prep
     assert "Calculating Metrics" not in out + err  # great-expectations' progress bars are off
     report = (ws / "reports" / "data_validation.md").read_text()
     assert report.count("**FAIL**") == 3
-    assert "| pets_manifest | expect_column_values_to_be_unique | sha256 | **FAIL** | name=" in report
+    assert "| pets_manifest | expect_column_values_to_be_between | splits_of_photo | **FAIL** | name=" in report
     experiment = mlflow_client.get_experiment_by_name("unet-ssl").experiment_id
     run = mlflow_client.search_runs([experiment], "tags.stage = 'validate'", order_by=["attributes.start_time DESC"])[0]
     assert run.info.status == "FAILED" and run.data.metrics["failed_checks"] == 3

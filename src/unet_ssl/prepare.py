@@ -123,23 +123,37 @@ def read_split_list(path: Path) -> set[str]:
     return {line.split()[0] for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
 
 
-def assign_splits(names: list[str], pets_dir: Path, split: str, test_fraction: float, val_fraction: float, seed: int) -> list[str]:
-    """'random': a seeded test_fraction of all pairs is the test split (the paper's 90/10);
-    'official': the official test.txt. Validation is always carved from the training side."""
-    g = torch.Generator().manual_seed(seed)
-    n = len(names)
+def hash_fraction(name: str, seed: int, salt: str) -> float:
+    """A number in [0, 1) that depends only on the name, the seed and the salt: the basis of a split
+    that never moves a photo when other photos are added or removed."""
+    digest = hashlib.sha256(f"{seed}:{salt}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign_splits(names: list[str], sha256s: list[str], pets_dir: Path, split: str, test_fraction: float,
+                  val_fraction: float, seed: int) -> list[str]:
+    """Each photo's split follows from a seeded hash of its file name, so importing more photos never
+    moves one into or out of the test split. 'random': a photo is in test when its hash is below
+    `test_fraction` (the paper's 90/10); 'official': when the official test.txt lists it. Validation is
+    carved from the rest by a second hash. Byte-identical photos (same sha256) all follow the first name
+    of their group (in 'official', the group is in test if any member is), so none leaks across splits."""
+    first_of: dict[str, str] = {}
+    for name, digest in sorted(zip(names, sha256s)):
+        first_of.setdefault(digest, name)
     if split == "random":
-        order = torch.randperm(n, generator=g).tolist()
-        n_test = max(1, round(test_fraction * n))
-        test = set(order[:n_test])
+        is_test = {n: hash_fraction(n, seed, "test") < test_fraction for n in names}
     elif split == "official":
         official_test = read_split_list(pets_dir / "annotations" / "test.txt")
-        test = {i for i, name in enumerate(names) if name in official_test}
+        test_groups = {d for n, d in zip(names, sha256s) if n in official_test}
+        is_test = {n: d in test_groups for n, d in zip(names, sha256s)}
     else:
         raise ValueError(f"data.split must be 'random' or 'official', got {split!r}")
-    train_side = [i for i in torch.randperm(n, generator=g).tolist() if i not in test]
-    val = set(train_side[: max(1, round(val_fraction * len(train_side)))]) if val_fraction > 0 else set()
-    return ["test" if i in test else "val" if i in val else "train" for i in range(n)]
+    splits = []
+    for name, digest in zip(names, sha256s):
+        key = first_of[digest]
+        test = is_test[key] if split == "random" else is_test[name]
+        splits.append("test" if test else "val" if hash_fraction(key, seed, "val") < val_fraction else "train")
+    return splits
 
 
 def prepare_pets(raw_dir: Path, out_dir: Path, params: dict, seed: int) -> pd.DataFrame:
@@ -192,7 +206,8 @@ def prepare_pets(raw_dir: Path, out_dir: Path, params: dict, seed: int) -> pd.Da
     if not rows:
         raise BadInputError(pets_dir, f"no usable image/trimap pairs ({len(report.problems)} unusable files skipped)")
     names = [r["name"] for r in rows]
-    splits = assign_splits(names, pets_dir, params["split"], params["test_fraction"], params["val_fraction"], seed)
+    splits = assign_splits(names, [r["sha256"] for r in rows], pets_dir, params["split"], params["test_fraction"],
+                           params["val_fraction"], seed)
     manifest = pd.DataFrame(rows).assign(split=splits, prepared_size=size)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({
