@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,7 +135,9 @@ def test_sigkilled_stage_resumes_and_matches_an_uninterrupted_run(make_workspace
     ref_out, ref_err = reference.communicate(timeout=600)
     assert reference.returncode == 0, ref_err[-3000:]
 
-    resumed_after = int(re.search(rf"{spec.resume_log} \S+ after epoch (\d+)", rerun.stderr).group(1))
+    resumed = re.search(rf"{spec.resume_log} \S+ after epoch (\d+)", rerun.stderr)
+    assert resumed, rerun.stderr[-3000:]
+    resumed_after = int(resumed.group(1))
     rerun_epochs = sorted({int(e) for e, *_ in BAR.findall(rerun.stderr)})
     assert resumed_after == saved_epoch == kill_epoch - 1  # only the epoch in progress was lost
     assert rerun_epochs == list(range(saved_epoch + 1, epochs + 1))
@@ -216,3 +219,60 @@ def test_non_finite_loss_message_counts_like_the_progress_bar():
         check_finite(torch.tensor(float("inf")), "finetune", 3, 0, None)
     with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 2, step 5 \(last finite loss: 0.123457\)"):
         check_finite(torch.tensor(float("nan")), "pretrain simclr", 2, 4, 0.1234567)
+
+
+def reseed(ws: Path) -> str:
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    (ws / "params.yaml").write_text(yaml.safe_dump({**params, "seed": 1}, sort_keys=False))
+    return "params.seed: 0 -> 1"
+
+
+def new_pretrained_checkpoint(ws: Path) -> str:
+    other = pretrain(None, PretrainConfig(method="none"), True, make_runtime({"device": "cpu"}), seed_everything(7))
+    checkpoint.save_atomic(other, ws / "checkpoints" / "pretrained.pt")
+    return "inputs.pretrained checkpoint: "
+
+
+def fewer_pets(ws: Path) -> str:
+    """The same data folder with one training pair less, prepared again."""
+    pets = torch.load(ws / "data" / "prepared" / "pets" / "pets.pt", weights_only=True)
+    name = pets["names"][int(torch.nonzero(pets["split"] == 0)[0])]
+    raw = ws / "data" / "raw" / "oxford-iiit-pet"
+    (raw / "images" / f"{name}.jpg").unlink()
+    (raw / "annotations" / "trimaps" / f"{name}.png").unlink()
+    data = yaml.safe_load((ws / "params.yaml").read_text())["data"]
+    prepare_pets(ws / "data" / "raw", ws / "data" / "prepared" / "pets", data, seed=0)
+    return "inputs.data: "
+
+
+CHANGES = {"seed": reseed, "pretrained checkpoint": new_pretrained_checkpoint, "data": fewer_pets}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_resume_state_of_another_run_is_reported_and_never_used(make_workspace, change):
+    """SIGKILL mid-run, change one thing that determines the result, re-run: the stage names what differed,
+    deletes the stale state and starts at epoch 1, ending exactly as a clean run with the new settings."""
+    spec = STAGES["finetune"]
+    ws = make_workspace(spec.overrides, pets=SMALL_PETS, pretrain=False, name="killed")
+    spec.setup(ws)
+    kill_mid_epoch(start(ws, "finetune"))
+    resume_file = ws / "checkpoints" / "resume" / "finetune.pt"
+    assert resume_file.is_file()
+    expected = CHANGES[change](ws)
+    clean = ws.parent / "clean"
+    shutil.copytree(ws, clean, ignore=shutil.ignore_patterns("resume", "mlruns"))
+    rerun = subprocess.run([sys.executable, "-m", "unet_ssl", "finetune"], cwd=ws, capture_output=True, text=True,
+                           env=stage_env())
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    line = next(l for l in rerun.stderr.splitlines() if "not resuming" in l)
+    assert f"fine-tuning: not resuming {Path('checkpoints/resume/finetune.pt')}" in line and expected in line, line
+    assert "resuming fine-tuning from" not in rerun.stderr
+    assert sorted({int(e) for e, *_ in BAR.findall(rerun.stderr)})[0] == 1
+    assert not resume_file.exists()
+    reference = subprocess.run([sys.executable, "-m", "unet_ssl", "finetune"], cwd=clean, capture_output=True, text=True,
+                               env=stage_env())
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    got, want = checkpoint.load(ws / spec.output), checkpoint.load(clean / spec.output)
+    assert got["history"] == want["history"]
+    assert all(torch.equal(got["model"][k], want["model"][k]) for k in want["model"])
+    print(f"\n[resume: changed {change}] {line.split('WARNING ')[-1][:300]}")

@@ -2,6 +2,7 @@
 architecture they were made with and a format version."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -55,15 +56,53 @@ def save_training_state(path: Path, run_key: dict, epoch: int, modules: dict[str
                  "generator": generator.get_state(), **extra}, path)
 
 
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes: the identity of an input (data, checkpoint) in a resume key."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def code_version() -> str:
+    """sha256 over this package's source files: a resume state is only continued by the code that began it
+    (works without git and in DVC's temporary experiment copies)."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _flat(value: object, prefix: str = "") -> dict[str, object]:
+    if not isinstance(value, dict):
+        return {prefix: value}
+    return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}." if isinstance(item, dict) else f"{prefix}{key}").items()}
+
+
+def key_differences(saved: dict | None, wanted: dict) -> list[str]:
+    """'name: old -> new' for every entry of two resume keys that differs (long hashes shortened)."""
+    show = lambda v: f"{v[:12]}…" if isinstance(v, str) and len(v) == 64 else repr(v)  # noqa: E731
+    old, new = _flat(saved or {}), _flat(wanted)
+    return [f"{k}: {show(old.get(k, '<none>'))} -> {show(new.get(k, '<none>'))}"
+            for k in sorted(old.keys() | new.keys()) if old.get(k, "<none>") != new.get(k, "<none>")]
+
+
 def resume_training_state(path: Path | None, run_key: dict, modules: dict[str, Stateful],
                           optimizer: torch.optim.Optimizer, generator: torch.Generator, what: str) -> dict | None:
-    """Restores the state `save_training_state` wrote, if `path` holds one made with the same `run_key`
-    (settings and data size); returns it (epoch, history, ...) or None to start from scratch."""
+    """Restores the state `save_training_state` wrote, if `path` holds one made with an identical `run_key`
+    (every setting that determines the result: params, seed, input hashes, code version); returns it
+    (epoch, history, ...) or None to start fresh. A state of another run is reported in one line and deleted,
+    so it is never used again."""
     if path is None or not Path(path).is_file():
         return None
     state = load(path)
-    if state.get("run_key") != run_key:
-        log.warning("ignoring %s: it was written with other settings", path)
+    differences = key_differences(state.get("run_key"), run_key)
+    if differences:
+        log.warning("%s: not resuming %s, it was written by another run (%s); starting fresh",
+                    what, path, "; ".join(differences))
+        Path(path).unlink()
         return None
     for name, module in modules.items():
         module.load_state_dict(state[name])

@@ -93,6 +93,7 @@ def pretrain(
     runtime: Runtime,
     generator: torch.Generator,
     resume_path: Path | None = None,
+    resume_key: dict | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
 ) -> dict:
     """Trains for `cfg.epochs` and returns a checkpoint dict (format of `checkpoint.model_checkpoint`).
@@ -115,7 +116,7 @@ def pretrain(
     params = list(model.parameters()) if is_mae else [*model.encoder.parameters(), *head.parameters()]
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     run_key = {**asdict(cfg), "skip_connections": skip_connections, "n_images": images.shape[0],
-               "world_size": ctx.world_size}
+               "world_size": ctx.world_size, **(resume_key or {})}
     modules = {"model": model, "head": head}
     state = checkpoint.resume_training_state(resume_path, run_key, modules, optimizer, generator, "pretraining")
     start_epoch, history = (state["epoch"], state["history"]) if state else (0, [])

@@ -9,7 +9,8 @@ from unet_ssl import checkpoint
 from unet_ssl.finetune import FinetuneConfig, finetune, subset_indices
 from unet_ssl.model import UNet, UNetConfig
 from unet_ssl.runtime import make_runtime, seed_everything
-from unet_ssl.stages.common import FINETUNED, METRICS, PETS, PRETRAINED, RESUME, load_tensors, split_indices
+from unet_ssl.stages.common import (FINETUNED, METRICS, PETS, PRETRAINED, RESUME, load_tensors, resume_key,
+                                    split_indices)
 from unet_ssl.tracking import stage_run
 
 
@@ -28,10 +29,12 @@ def run(params: dict) -> None:
             "subset": cfg.subset, "seed": params["seed"]}
     with stage_run("finetune", params, tags) as run:
         run.log_metrics({"n_train": len(train_idx), "n_val": len(val_idx)})
+        run.log_data("pets", PETS, "training")
         start = time.perf_counter()
         resume = RESUME / "finetune.pt"
+        key = resume_key(params, ["seed", "finetune", "runtime"], {"data": PETS, "pretrained checkpoint": PRETRAINED})
         result = finetune(pets["images"], pets["masks"], train_idx, val_idx, cfg, pretrained, runtime, generator,
-                          resume_path=resume, on_epoch=lambda e, row: run.log_metrics(row, step=e),
+                          resume_path=resume, resume_key=key, on_epoch=lambda e, row: run.log_metrics(row, step=e),
                           pretrained_path=PRETRAINED)
         seconds = time.perf_counter() - start
         checkpoint.save_atomic(result, FINETUNED)
@@ -39,6 +42,7 @@ def run(params: dict) -> None:
         METRICS.mkdir(exist_ok=True)
         pd.DataFrame(result["history"]).to_csv(METRICS / "finetune_history.csv", index=False)
         run.log_metrics({"finetune_seconds": seconds, "selected_epoch": result["selected_epoch"]})
+        run.log_to_pipeline({"best_val_jaccard": max((r.get("val_jaccard", float("nan")) for r in result["history"]), default=float("nan"))})
         run.log_artifact(FINETUNED, "checkpoints")
         model = UNet(UNetConfig.from_dict(result["arch"]))
         model.load_state_dict(result["model"])
