@@ -8,6 +8,8 @@ from pathlib import Path
 
 from unet_ssl.config import load_params
 
+FOLDER_BATCH_SIZE = 16  # `evaluate --checkpoint` images per forward pass unless --batch-size says otherwise
+
 
 def _stage(module: str, func: str = "run"):
     def call(args: argparse.Namespace) -> None:
@@ -45,14 +47,25 @@ def _data_download(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    if args.checkpoint is None:
-        return _stage("evaluate")(args)
-    from unet_ssl.stages.evaluate import evaluate_folder
+    """The test split (--batch-size overrides evaluate.batch_size), or folders with --checkpoint."""
+    from unet_ssl.stages import evaluate
 
+    if args.checkpoint is None:
+        params = load_params(args.params)
+        if args.batch_size is not None:
+            params["evaluate"]["batch_size"] = args.batch_size
+        return evaluate.run(params)
     missing = [n for n in ("images", "trimaps", "out") if getattr(args, n) is None]
     if missing:
         raise SystemExit(f"unet-ssl evaluate --checkpoint also needs {', '.join('--' + m for m in missing)}")
-    evaluate_folder(Path(args.checkpoint), Path(args.images), Path(args.trimaps), Path(args.out), args.batch_size)
+    evaluate.evaluate_folder(Path(args.checkpoint), Path(args.images), Path(args.trimaps), Path(args.out),
+                             args.batch_size or FOLDER_BATCH_SIZE)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from unet_ssl.stages.evaluate import predict_photos
+
+    predict_photos(args.checkpoint, [Path(p) for p in args.paths], Path(args.out), args.batch_size, args.on_bad_input)
 
 
 def _tune(args: argparse.Namespace) -> None:
@@ -203,8 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="folder of images")
     p.add_argument("--trimaps", help="folder of trimaps with official values 1/2/3, matched to images by file stem")
     p.add_argument("--out", help="JSON file for the scores")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default: evaluate.batch_size "
+                   f"for the test split, {FOLDER_BATCH_SIZE} for folders); scores do not depend on it")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("predict", help="mask (trimap values 1 pet, 2 background, 3 border) and overlay for each photo, "
+                                       "at the photo's own size")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="photo files, or folders of photos")
+    p.add_argument("--checkpoint", required=True,
+                   help="a fine-tuned checkpoint (.pt) or an MLflow model URI (runs:/..., models:/pets-unet@champion)")
+    p.add_argument("--out", required=True, help="folder for <stem>.png masks and <stem>_overlay.jpg overlays")
+    p.add_argument("--batch-size", type=int, default=16, help="photos per forward pass (default 16)")
+    p.add_argument("--on-bad-input", choices=("error", "skip"), default="error",
+                   help="error: write nothing and name every unusable photo; skip: write the others and list them")
+    p.set_defaults(func=_predict)
     return parser
 
 

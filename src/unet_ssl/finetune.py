@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from unet_ssl import augment, checkpoint
+from unet_ssl.evaluate import predict
 from unet_ssl.losses import dice_loss
 from unet_ssl.metrics import ConfusionMatrix
 from unet_ssl.model import UNet, UNetConfig, freeze_encoder, train_mode
@@ -65,18 +66,6 @@ def build_model(cfg: FinetuneConfig, pretrained: dict | None, source: Path | Non
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
     return model
-
-
-def predict(model: UNet, images: torch.Tensor, runtime: Runtime, batch_size: int) -> torch.Tensor:
-    """uint8 images (N, 3, H, W) -> predicted class maps (N, H, W), batch by batch."""
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, images.shape[0], batch_size):
-            x = runtime.batch(augment.to_float(images[i:i + batch_size]))
-            with runtime.autocast():
-                out.append(model(x).argmax(1).cpu())
-    return torch.cat(out) if out else torch.empty(0, *images.shape[2:], dtype=torch.long)
 
 
 def validation_scores(model: UNet, images: torch.Tensor, masks: torch.Tensor, runtime: Runtime, batch_size: int) -> dict:

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 from unet_ssl import augment, checkpoint, grid  # noqa: E402
 from unet_ssl.evaluate import evaluate_model  # noqa: E402
-from unet_ssl.finetune import predict  # noqa: E402
+from unet_ssl.evaluate import predict  # noqa: E402
 from unet_ssl.images import decode_rgb, decode_trimap, resize_image, resize_mask, trimap_to_classes  # noqa: E402
 from unet_ssl.runtime import make_runtime  # noqa: E402
 from unet_ssl.stages.common import REPORTS, load_tensors, split_indices  # noqa: E402
