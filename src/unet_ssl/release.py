@@ -14,6 +14,7 @@ import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import yaml
@@ -23,10 +24,16 @@ from unet_ssl.config import CLASS_NAMES
 from unet_ssl.grid import PAPER_TABLE2
 from unet_ssl.stages.common import FINETUNED, METRICS, PREPARED
 
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
 ARTIFACT = "pets-unet.pt"
 MAX_BYTES = 10 * 1024 * 1024
 PAPER_BEST_JACCARD = PAPER_TABLE2[(False, True)][0.9]  # the paper's best cell, the goal to beat
 PROFILES = Path("profiles")
+REGISTERED_MODEL = "pets-unet"
+ALIAS = "champion"
+EXAMPLE_SIZE = 16  # side of the input example: the model takes photos of any size, so keep it small
 
 
 class ReleaseError(ValueError):
@@ -188,6 +195,47 @@ def publish(c: Candidate, out: Path, n_candidates: int) -> Path:
     return dest
 
 
+def log_pyfunc(checkpoint_path: Path) -> str:
+    """Logs the pyfunc flavour (unet_ssl/pyfunc_model.py as code, the checkpoint as its artifact) in
+    the active MLflow run; returns its model URI. Requirements are pinned to this environment rather
+    than inferred (inference loads the model in a subprocess), and the unet_ssl package travels as
+    code, so the model serves without the repository."""
+    import mlflow
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+    from PIL import __version__ as pillow_version
+
+    from unet_ssl import pyfunc_model
+
+    package = Path(pyfunc_model.__file__).parent
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+                               outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]))
+    example = np.full((1, EXAMPLE_SIZE, EXAMPLE_SIZE, 3), 128, dtype=np.uint8)
+    info = mlflow.pyfunc.log_model(
+        name="pets-unet", python_model=str(package / "pyfunc_model.py"),
+        artifacts={pyfunc_model.CHECKPOINT_ARTIFACT: str(checkpoint_path)}, code_paths=[str(package)],
+        signature=signature, input_example=example,
+        pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+                          f"numpy=={np.__version__}", f"pillow=={pillow_version}", f"pyyaml=={yaml.__version__}"])
+    return info.model_uri
+
+
+def register(checkpoint_path: Path, tags: dict[str, str]) -> ModelVersion:
+    """Logs the pyfunc model in a `release` run of the tracking store and registers it as
+    `pets-unet`, moving the `champion` alias to the new version; returns the ModelVersion."""
+    import mlflow
+
+    from unet_ssl.tracking import _experiment_id, tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    with mlflow.start_run(experiment_id=_experiment_id(mlflow), run_name="release", tags={"role": "release", **tags}):
+        uri = log_pyfunc(checkpoint_path)
+    version = mlflow.register_model(uri, REGISTERED_MODEL, tags=tags)
+    mlflow.MlflowClient().set_registered_model_alias(REGISTERED_MODEL, ALIAS, version.version)
+    return version
+
+
 def run(params: dict, out: Path, include_grid: bool = False) -> Candidate:
     candidates = [c for c in [pipeline_candidate(params)] if c is not None]
     if include_grid:
@@ -196,4 +244,8 @@ def run(params: dict, out: Path, include_grid: bool = False) -> Candidate:
     dest = publish(best, out, len(candidates))
     print(f"release: {best.source} -> {dest} (validation Jaccard {_fmt(best.val_jaccard)}, "
           f"test Jaccard {_fmt(best.test['jaccard'])}), model card {out / 'README.md'}")
+    version = register(dest, {"source": best.source, "source_run_id": best.mlflow_run_id or "unknown",
+                              "sha256": hashlib.sha256(dest.read_bytes()).hexdigest()})
+    print(f"release: registered {REGISTERED_MODEL} version {version.version} as @{ALIAS} "
+          f"(models:/{REGISTERED_MODEL}@{ALIAS}; pyfunc: photos (N, H, W, 3) uint8 -> trimaps (N, H, W) 1/2/3)")
     return best
