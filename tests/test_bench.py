@@ -6,6 +6,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -106,15 +107,25 @@ def test_compiled_rates_get_their_own_columns_and_a_ratio_per_row(tiny_rows, sam
     assert "torch.compile" not in bench.throughput_markdown(rows, peaks, TINY, sample_data, env=[])
 
 
-def test_numerics_verdict_compares_paired_differences_with_seed_spread():
-    def row(seed, precision, j, seconds):
-        return {"seed": seed, "precision": precision, "val_jaccard": j, "test_jaccard": j, "seconds": seconds}
+def test_numerics_verdict_reads_validation_alone_with_a_paired_interval():
+    """bf16 is allowed unless its validation interval lies below zero; the test split changes nothing."""
+    def matrices(correct: int) -> np.ndarray:  # 6 images, each 10 pixels of class 0: `correct` of them right
+        return np.array([[[correct, 10 - correct, 0], [0, 0, 0], [0, 0, 0]]] * 6)
 
-    close = [row(0, "fp32", 0.60, 10), row(0, "bf16", 0.61, 5), row(1, "fp32", 0.70, 10), row(1, "bf16", 0.69, 5)]
-    verdict = bench.numerics_verdict(close)
-    assert verdict["within_noise"] and verdict["speedup"] == pytest.approx(2.0)
-    apart = [row(0, "fp32", 0.60, 10), row(0, "bf16", 0.40, 5), row(1, "fp32", 0.61, 10), row(1, "bf16", 0.41, 5)]
-    assert not bench.numerics_verdict(apart)["within_noise"]
+    def row(seed, precision, val_correct, test_correct, seconds):
+        val, test = matrices(val_correct), matrices(test_correct)
+        return {"seed": seed, "precision": precision, "seconds": seconds, "val_confusion": val, "test_confusion": test,
+                "val_jaccard": val_correct / 10, "test_jaccard": test_correct / 10}
+
+    same = [row(s, p, 7, 7, 10 if p == "fp32" else 5) for s in range(3) for p in ("fp32", "bf16")]
+    verdict = bench.numerics_verdict(same)
+    assert verdict["bf16_allowed"] and verdict["speedup"] == pytest.approx(2.0)
+    assert verdict["val_jaccard"]["paired"].verdict == "within noise"
+    worse_on_val = [row(s, p, 7 if p == "fp32" else 4, 7, 10) for s in range(3) for p in ("fp32", "bf16")]
+    assert not bench.numerics_verdict(worse_on_val)["bf16_allowed"]
+    worse_on_test_only = [row(s, p, 7, 7 if p == "fp32" else 4, 10) for s in range(3) for p in ("fp32", "bf16")]
+    verdict = bench.numerics_verdict(worse_on_test_only)
+    assert verdict["bf16_allowed"] and verdict["test_jaccard"]["paired"].verdict == "worse"
 
 
 def test_stage_memory_reads_each_stage_peak_rss(tmp_path, sample_data, params):

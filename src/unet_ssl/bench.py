@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
 from unet_ssl import augment
@@ -44,6 +45,7 @@ from unet_ssl.metrics import ConfusionMatrix
 from unet_ssl.model import ProjectionHead, UNet, UNetConfig
 from unet_ssl.pretrain import PretrainConfig, SimCLRNet, mae_inputs, mae_loss, simclr_loss, simclr_views
 from unet_ssl.runtime import Runtime, make_runtime
+from unet_ssl.stats import describe, paired_bootstrap, per_image_confusion
 
 WORKLOADS = ("simclr", "mae", "finetune", "evaluate")
 SAMPLE = Path(__file__).resolve().parents[2] / "sample"
@@ -411,13 +413,13 @@ def finetune_settings(cfg: FinetuneConfig) -> str:
 
 def bf16_numerics(data: BenchData, params: dict, seeds: list[int], epochs: int, device: str = "auto",
                   log: Callable[[str], None] = print) -> list[dict]:
-    """Fine-tunes from scratch in fp32 and in bf16 with the same seeds (pipeline settings
-    otherwise) and scores the best-validation weights on the validation and test splits."""
-    from unet_ssl.evaluate import evaluate_model
-    from unet_ssl.finetune import subset_indices, validation_scores
+    """Fine-tunes from scratch in fp32 and in bf16 with the same seeds (pipeline settings otherwise) and
+    scores the best-validation weights on the validation split (which decides) and the test split (shown
+    only), keeping per-image confusion matrices for paired bootstrap intervals."""
+    from unet_ssl.evaluate import predict
+    from unet_ssl.finetune import subset_indices
     from unet_ssl.runtime import seed_everything
     from unet_ssl.stages.common import split_indices
-
     cfg = FinetuneConfig(**{**params["finetune"], "epochs": epochs})
     rows = []
     for seed in seeds:
@@ -432,31 +434,39 @@ def bf16_numerics(data: BenchData, params: dict, seeds: list[int], epochs: int, 
             model = UNet(UNetConfig.from_dict(result["arch"]))
             model.load_state_dict(result["model"])
             model = runtime.model(model)
-            val = validation_scores(model, data.pets[val_idx], data.masks[val_idx], runtime, cfg.batch_size)
-            test, pred = evaluate_model(model, data.pets[test_idx], data.masks[test_idx], runtime, cfg.batch_size,
-                                        cfg.batch_size)
-            rows.append({"seed": seed, "precision": precision, "val_jaccard": val["jaccard"], "val_f1": val["f1"],
-                         "test_jaccard": test["jaccard"], "test_f1": test["f1"], "seconds": seconds,
-                         "final_train_loss": result["history"][-1]["train_loss"], "test_pred": pred,
-                         "selected_epoch": result["selected_epoch"], "n_train": len(train_idx), "n_val": len(val_idx),
-                         "n_test": len(test_idx), "channels_last": runtime.channels_last,
-                         "settings": finetune_settings(cfg)})
-            log(f"numerics seed {seed} {precision}: val Jaccard {val['jaccard']:.4f}, test Jaccard {test['jaccard']:.4f}, "
-                f"{seconds:.0f}s")
+            row = {"seed": seed, "precision": precision, "seconds": seconds,
+                   "final_train_loss": result["history"][-1]["train_loss"], "selected_epoch": result["selected_epoch"],
+                   "n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(test_idx),
+                   "channels_last": runtime.channels_last, "settings": finetune_settings(cfg)}
+            for split, idx in (("val", val_idx), ("test", test_idx)):
+                pred = predict(model, data.pets[idx], runtime, cfg.batch_size)
+                cm = ConfusionMatrix(NUM_CLASSES)
+                cm.update(pred, data.masks[idx])
+                scores = cm.scores()
+                row |= {f"{split}_jaccard": scores["jaccard"], f"{split}_f1": scores["f1"], f"{split}_pred": pred,
+                        f"{split}_confusion": per_image_confusion(pred, data.masks[idx], NUM_CLASSES).numpy()}
+            rows.append(row)
+            log(f"numerics seed {seed} {precision}: val Jaccard {row['val_jaccard']:.4f} (test, shown only: "
+                f"{row['test_jaccard']:.4f}), {seconds:.0f}s")
     return rows
 
 
 def numerics_verdict(rows: list[dict]) -> dict:
-    """Paired bf16 - fp32 differences against the seed-to-seed spread of fp32."""
+    """bf16 against fp32, paired by seed: mean differences, and where per-image matrices were kept a
+    bootstrap interval over seeds and images. The decision reads validation alone: bf16 is allowed as the
+    default unless its validation interval lies below zero ('worse'); the test comparison is information."""
     by = {(r["seed"], r["precision"]): r for r in rows}
     seeds = sorted({r["seed"] for r in rows})
     out = {}
-    for metric in ("val_jaccard", "test_jaccard"):
+    for split in ("val", "test"):
+        metric = f"{split}_jaccard"
         diffs = [by[s, "bf16"][metric] - by[s, "fp32"][metric] for s in seeds]
         fp32 = [by[s, "fp32"][metric] for s in seeds]
-        spread = statistics.stdev(fp32) if len(fp32) > 1 else float("nan")
-        out[metric] = {"mean_diff": statistics.fmean(diffs), "max_abs_diff": max(map(abs, diffs)), "fp32_seed_std": spread,
-                       "within_noise": len(fp32) > 1 and abs(statistics.fmean(diffs)) <= spread}
+        out[metric] = {"mean_diff": statistics.fmean(diffs), "max_abs_diff": max(map(abs, diffs)),
+                       "fp32_seed_std": statistics.stdev(fp32) if len(fp32) > 1 else float("nan")}
+        if all(f"{split}_confusion" in r for r in rows):
+            out[metric]["paired"] = paired_bootstrap(np.stack([by[s, "fp32"][f"{split}_confusion"] for s in seeds]),
+                                                     np.stack([by[s, "bf16"][f"{split}_confusion"] for s in seeds]))
     out["speedup"] = statistics.fmean(by[s, "fp32"]["seconds"] / by[s, "bf16"]["seconds"] for s in seeds)
     if all("test_pred" in r for r in rows):
         out["pixel_agreement"] = statistics.fmean(
@@ -466,7 +476,8 @@ def numerics_verdict(rows: list[dict]) -> dict:
         if pairs:  # the same comparison between fp32 runs of different seeds: what "noise" looks like per pixel
             out["seed_pixel_agreement"] = statistics.fmean(
                 (by[a, "fp32"]["test_pred"] == by[b, "fp32"]["test_pred"]).float().mean().item() for a, b in pairs)
-    out["within_noise"] = all(out[m]["within_noise"] for m in ("val_jaccard", "test_jaccard"))
+    paired = out["val_jaccard"].get("paired")
+    out["bf16_allowed"] = paired is not None and paired.verdict != "worse"
     return out
 
 
@@ -619,7 +630,8 @@ def numerics_markdown(rows: list[dict], verdict: dict, data: BenchData, epochs: 
         "## bf16 numerics", "", "Generated by `unet-ssl bench --numerics`: fine-tuning from scratch with the pipeline's "
         f"`finetune` settings for {epochs} epochs, once in fp32 and once under bf16 autocast with the same seed "
         f"(channels_last {'on' if first['channels_last'] else 'off'}); scores of the best-validation weights "
-        "(dataset-level, 3 classes).", "", *env, f"- data: {data.source}; {first['n_train']} training, "
+        "(dataset-level, 3 classes); validation decides, test is shown only.", "", *env,
+        f"- data: {data.source}; {first['n_train']} training, "
         f"{first['n_val']} validation, {first['n_test']} test images", f"- fine-tuning: {first['settings']}", "",
         "| seed | precision | final train loss | val Jaccard | val F1 | test Jaccard | test F1 | selected epoch | seconds |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -629,11 +641,11 @@ def numerics_markdown(rows: list[dict], verdict: dict, data: BenchData, epochs: 
                      f"{r['val_f1']:.4f} | {r['test_jaccard']:.4f} | {r['test_f1']:.4f} | {r['selected_epoch']} | "
                      f"{r['seconds']:.0f} |")
     lines.append("")
-    for metric in ("val_jaccard", "test_jaccard"):
+    for metric, role in (("val_jaccard", "decides"), ("test_jaccard", "information only, chooses nothing")):
         v = verdict[metric]
-        lines.append(f"- {metric.replace('_', ' ')}: mean bf16 - fp32 difference {v['mean_diff']:+.4f} (largest "
-                     f"{v['max_abs_diff']:.4f}); fp32 seed-to-seed std {_f(v['fp32_seed_std'], 4)}; "
-                     f"{'within' if v['within_noise'] else 'NOT within'} seed noise")
+        interval = f"; paired bootstrap over seeds and images: {describe(v['paired'])}" if "paired" in v else ""
+        lines.append(f"- {metric.replace('_', ' ')} ({role}): mean bf16 - fp32 difference {v['mean_diff']:+.4f} "
+                     f"(largest {v['max_abs_diff']:.4f}); fp32 seed-to-seed std {_f(v['fp32_seed_std'], 4)}{interval}")
     if "pixel_agreement" in verdict:
         lines.append(f"- test pixels on which the fp32 and bf16 models predict the same class: "
                      f"{100 * verdict['pixel_agreement']:.1f}% (mean over seeds)"
@@ -643,10 +655,10 @@ def numerics_markdown(rows: list[dict], verdict: dict, data: BenchData, epochs: 
     lines.append(f"- bf16 fine-tuning ran {verdict['speedup']:.2f}x as fast as fp32 (wall clock, same machine)")
     if len(verdict.get("predicted_classes", [0, 1])) < 2:
         outcome = "inconclusive: the models predict a single class, so the scores cannot tell fp32 from bf16"
-    elif verdict["within_noise"]:
-        outcome = "bf16 matches fp32 within seed noise on this data"
+    elif verdict["bf16_allowed"]:
+        outcome = "bf16 is not worse than fp32 on validation (its interval does not lie below zero): it may be the default"
     else:
-        outcome = "bf16 differs from fp32 by more than seed noise on this data"
+        outcome = "bf16 is worse than fp32 on validation (the interval lies below zero), so fp32 stays the default"
     lines.append(f"- verdict: {outcome} ({len({r['seed'] for r in rows})} seeds)")
     return "\n".join(lines) + "\n"
 
