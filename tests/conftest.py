@@ -2,7 +2,10 @@
 laid out like the repository (params.yaml, dvc.yaml, data/raw), and a throwaway MLflow store."""
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -97,3 +100,76 @@ def mlflow_client(tracking_store: str, monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_store)
     return mlflow.MlflowClient(tracking_uri=tracking_store)
+
+
+# ------------------------------------------------------------------ the pipeline in a temporary repository
+
+# params.yaml overrides that make `dvc repro` on the sample take about two minutes on 2 cores.
+PIPELINE_TINY = {
+    ("data", "pretrain_limit"): 128,
+    ("pretrain", "epochs"): 1,
+    ("pretrain", "batch_size"): 64,
+    ("finetune", "epochs"): 2,
+    ("finetune", "batch_size"): 8,
+}
+
+
+def run_checked(cmd: list[str], cwd: Path, env: dict) -> str:
+    """Runs `cmd`; fails the test with the end of its output unless it exits 0; returns stdout + stderr."""
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+def copy_repo(dest: Path) -> None:
+    """Copies what git would ship (tracked files and new files not ignored), nothing generated."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+@pytest.fixture(scope="session")
+def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
+    """A temporary git + DVC repository made from this checkout, with the embedded sample and
+    PIPELINE_TINY, after `dvc repro` (committed): (its path, the environment the commands ran in, the
+    output of `dvc repro`). Shared by the session, since it takes minutes: tests that change its
+    workspace use their own copy (`copy_pipeline_repo`)."""
+    repo = tmp_path_factory.mktemp("pipeline") / "repo"
+    repo.mkdir()
+    copy_repo(repo)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for f in ("dvc.lock", "data.dvc"):
+        (repo / f).unlink(missing_ok=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for (group, key), value in PIPELINE_TINY.items():
+        params[group][key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    run_checked(["git", "init", "-q"], repo, env)
+    run_checked(["unet-ssl", "data", "sample"], repo, env)
+    run_checked([*git, "add", "-A"], repo, env)
+    run_checked([*git, "commit", "-qm", "sample"], repo, env)
+    out = run_checked(["dvc", "repro"], repo, env)
+    run_checked([*git, "add", "-A"], repo, env)
+    run_checked([*git, "commit", "-qm", "repro"], repo, env)
+    return repo, env, out
+
+
+def copy_pipeline_repo(pipeline_repo: tuple[Path, dict, str], dest: Path) -> Path:
+    """A copy of the pipeline repository (git history, DVC cache, outputs; not DVC's temporary folder, nor
+    the MLflow store, whose runs point at the original's artifact folders) at `dest`, to change without
+    touching the shared one."""
+    repo = pipeline_repo[0]
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        if Path(folder) == repo / ".dvc":
+            return ["tmp"]
+        return [n for n in names if n != ".gitkeep"] if Path(folder) == repo / "mlruns" else []
+
+    shutil.copytree(repo, dest, symlinks=True, ignore=ignore)
+    return dest

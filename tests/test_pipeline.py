@@ -1,65 +1,14 @@
 """The whole pipeline on the embedded sample, in a temporary copy of the repository: `dvc repro`,
 then `dvc exp run --temp -S finetune.subset=...`, with a real DVC repo and a real MLflow store."""
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    ("data", "pretrain_limit"): 128,
-    ("pretrain", "epochs"): 1,
-    ("pretrain", "batch_size"): 64,
-    ("finetune", "epochs"): 2,
-    ("finetune", "batch_size"): 8,
-}
-
-
-def run(cmd: list[str], cwd: Path, env: dict) -> str:
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done.stdout + done.stderr
-
-
-def copy_repo(dest: Path) -> None:
-    """Copies what git would ship (tracked files and new files not ignored), nothing generated."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, files):
-        src = REPO / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-
-
-@pytest.fixture(scope="module")
-def pipeline_repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("pipeline") / "repo"
-    repo.mkdir()
-    copy_repo(repo)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    for f in ("dvc.lock", "data.dvc"):
-        (repo / f).unlink(missing_ok=True)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for (group, key), value in TINY.items():
-        params[group][key] = value
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-    run(["git", "init", "-q"], repo, env)
-    run(["unet-ssl", "data", "sample"], repo, env)
-    run([*git, "add", "-A"], repo, env)
-    run([*git, "commit", "-qm", "sample"], repo, env)
-    out = run(["dvc", "repro"], repo, env)
-    run([*git, "add", "-A"], repo, env)
-    run([*git, "commit", "-qm", "repro"], repo, env)
-    return repo, env, out
+from conftest import PIPELINE_TINY as TINY, run_checked as run  # the pipeline_repo fixture is in conftest.py
 
 
 def mlflow_rows(repo: Path, sql: str) -> list[tuple]:

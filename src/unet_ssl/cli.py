@@ -6,9 +6,14 @@ import logging
 import sys
 from pathlib import Path
 
-from unet_ssl.config import load_params
+from unet_ssl.config import ParamsError, load_params
 
 FOLDER_BATCH_SIZE = 16  # `evaluate --checkpoint` images per forward pass unless --batch-size says otherwise
+
+# Enumerated comma lists of `unet-ssl bench` (= unet_ssl.bench.WORKLOADS; named here so --help needs no torch).
+BENCH_WORKLOADS = ("simclr", "mae", "finetune", "evaluate")
+BENCH_PRECISIONS = ("fp32", "bf16")
+PIPELINE_STAGES = ("prepare-pets", "prepare-pretrain", "validate", "pretrain", "finetune", "evaluate", "report")
 
 
 def _stage(module: str, func: str = "run"):
@@ -84,17 +89,16 @@ def _bench(args: argparse.Namespace) -> None:
     from unet_ssl import bench
 
     params = load_params(args.params)
-    split = lambda text: [x for x in text.split(",") if x]  # noqa: E731
     config = bench.BenchConfig(
-        workloads=tuple(split(args.workloads)), precisions=tuple(split(args.precisions)),
-        channels_last=tuple(v == "on" for v in split(args.channels_last)), simclr_batch=args.simclr_batch,
+        workloads=args.workloads, precisions=args.precisions,
+        channels_last=tuple(v == "on" for v in args.channels_last), simclr_batch=args.simclr_batch,
         batch=args.batch, seconds=args.seconds, min_steps=args.min_steps, naive=not args.no_naive,
         compile=args.compile, device=args.device, threads=args.threads)
     request = bench.BenchRequest(
         config=config, throughput=not args.no_throughput,
-        numerics_seeds=[int(s) for s in split(args.numerics_seeds)] if args.numerics else [],
+        numerics_seeds=list(args.numerics_seeds) if args.numerics else [],
         numerics_epochs=args.numerics_epochs or params["finetune"]["epochs"],
-        stages=split(args.stages), stage_timeout=args.stage_timeout, label=args.label,
+        stages=list(args.stages), stage_timeout=args.stage_timeout, label=args.label,
         out=Path(args.out) if args.out else None)
     bench.run(request, params, args.params)
 
@@ -128,6 +132,54 @@ def _release(args: argparse.Namespace) -> None:
     release.run(load_params(args.params), Path(args.out), include_grid=args.from_grid)
 
 
+def _comma_list(allowed: tuple[str, ...], aliases: dict[str, tuple[str, ...]] | None = None, empty: bool = False):
+    """argparse type: 'a,b' -> ('a', 'b'), each one of `allowed` (or an alias standing for several)."""
+    def parse(text: str) -> tuple[str, ...]:
+        values = [v for x in text.split(",") if x.strip() for v in (aliases or {}).get(x.strip(), (x.strip(),))]
+        unknown = [v for v in values if v not in allowed]
+        if unknown or not (values or empty):
+            alias_text = "".join(f"; {alias} = {','.join(meant)}" for alias, meant in (aliases or {}).items())
+            names = ", ".join(allowed) + alias_text
+            raise argparse.ArgumentTypeError(f"{'unknown ' + ', '.join(map(repr, unknown)) if unknown else 'empty list'}; "
+                                             f"give a comma-separated list of {names}")
+        return tuple(dict.fromkeys(values))
+    return parse
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values:
+        raise argparse.ArgumentTypeError("empty list; give comma-separated integers, e.g. 0,1,2")
+    return values
+
+
+def _at_least(low: float, kind: type = int):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
+        return value
+    return parse
+
+
+def _params_after_command(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`--params` also after the subcommand (`unet-ssl finetune --params x.yaml`), for every subcommand
+    that reads it (not `data`, not `grid`, which reads grid/params.yaml)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        has_subcommands = any(isinstance(a, argparse._SubParsersAction) for a in command._actions)
+        if not has_subcommands and "--params" not in command._option_string_actions:
+            command.add_argument("--params", default=argparse.SUPPRESS,
+                                 help="params file (default: params.yaml); also accepted before the command")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unet-ssl", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -158,9 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=help_).set_defaults(func=_stage(module, func))
 
     p = sub.add_parser("tune", help="Optuna study of tune.space (resumable; report in reports/tuning.md)")
-    p.add_argument("--n-trials", type=int, help="trials to add (default tune.n_trials; 0 = only regenerate the report)")
-    p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    p.add_argument("--seed", type=int, help="sampler seed (default tune.seed); give each parallel process its own")
+    p.add_argument("--n-trials", type=_at_least(0), help="trials to add (default tune.n_trials; 0 = only regenerate the report)")
+    p.add_argument("--timeout", type=_at_least(0, float), help="stop starting new trials after this many seconds")
+    p.add_argument("--seed", type=_at_least(0), help="sampler seed (default tune.seed); give each parallel process its own")
     p.add_argument("--study-name", help="default tune.study_name")
     p.add_argument("--storage", help="journal file of the study (default tune.storage)")
     p.add_argument("--compare", nargs="+", metavar="EXP", help="instead of trials: test scores of these DVC experiments "
@@ -170,24 +222,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="images/s of each workload: tensor data path vs compute vs naive PIL pipeline; "
                                      "optional bf16 numerics and per-stage peak memory")
     p.add_argument("--out", help="markdown report to write (its other sections are kept), e.g. reports/performance.md")
-    p.add_argument("--workloads", default="simclr,mae,finetune,evaluate")
-    p.add_argument("--precisions", default="fp32,bf16")
-    p.add_argument("--channels-last", default="off,on", help="off, on, or both (default off,on)")
-    p.add_argument("--simclr-batch", type=int, default=32, help="images per SimCLR step at 64 px (default 32)")
-    p.add_argument("--batch", type=int, default=8, help="images per step at 128 px (default 8)")
-    p.add_argument("--seconds", type=float, default=1.0, help="least timed seconds per figure (default 1)")
-    p.add_argument("--min-steps", type=int, default=2, help="least timed steps per figure (default 2)")
+    p.add_argument("--workloads", type=_comma_list(BENCH_WORKLOADS), default=",".join(BENCH_WORKLOADS),
+                   help=f"comma-separated, of {', '.join(BENCH_WORKLOADS)} (default all)")
+    p.add_argument("--precisions", type=_comma_list(BENCH_PRECISIONS), default="fp32,bf16",
+                   help="fp32, bf16 or fp32,bf16 (default fp32,bf16)")
+    p.add_argument("--channels-last", type=_comma_list(("off", "on"), {"both": ("off", "on")}), default="off,on",
+                   help="off, on, or both (= off,on, the default)")
+    p.add_argument("--simclr-batch", type=_at_least(1), default=32, help="images per SimCLR step at 64 px (default 32)")
+    p.add_argument("--batch", type=_at_least(1), default=8, help="images per step at 128 px (default 8)")
+    p.add_argument("--seconds", type=_at_least(0, float), default=1.0, help="least timed seconds per figure (default 1)")
+    p.add_argument("--min-steps", type=_at_least(1), default=2, help="least timed steps per figure (default 2)")
     p.add_argument("--no-naive", action="store_true", help="skip the PIL + torchvision DataLoader baseline")
     p.add_argument("--compile", action="store_true", help="also time the compute step under torch.compile")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=_at_least(0), default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--no-throughput", action="store_true", help="only the sections asked for below")
     p.add_argument("--numerics", action="store_true", help="fine-tune in fp32 and bf16 with the same seeds; compare scores")
-    p.add_argument("--numerics-seeds", default="0,1,2")
-    p.add_argument("--numerics-epochs", type=int, default=0, help="default finetune.epochs")
-    p.add_argument("--stages", default="", help="comma-separated pipeline stages to run as subprocesses here, "
-                                                "measuring peak RSS (writes the stages' outputs: use a scratch clone)")
-    p.add_argument("--stage-timeout", type=float, default=0, help="interrupt a stage after this many seconds "
+    p.add_argument("--numerics-seeds", type=_int_list, default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--numerics-epochs", type=_at_least(0), default=0, help="default finetune.epochs")
+    p.add_argument("--stages", type=_comma_list(PIPELINE_STAGES, empty=True), default="",
+                   help=f"comma-separated pipeline stages ({', '.join(PIPELINE_STAGES)}) to run as subprocesses here, "
+                        "measuring peak RSS (writes the stages' outputs: use a scratch clone)")
+    p.add_argument("--stage-timeout", type=_at_least(0, float), default=0, help="interrupt a stage after this many seconds "
                                                                    "(its peak comes with the first training steps)")
     p.add_argument("--label", default="", help="names the memory section (e.g. 'paper batch sizes')")
     p.set_defaults(func=_bench)
@@ -230,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-bad-input", choices=("error", "skip"), default="error",
                    help="error: write nothing and name every unusable photo; skip: write the others and list them")
     p.set_defaults(func=_predict)
-    return parser
+    return _params_after_command(parser)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -243,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         from unet_ssl.images import BadInputError
 
-        if isinstance(e, (BadInputError, FileNotFoundError)) or type(e).__name__ in (
+        if isinstance(e, (BadInputError, FileNotFoundError, ParamsError)) or type(e).__name__ in (
                 "DataValidationError", "NonFiniteLossError", "CheckpointError", "ReleaseError", "GridPlanError",
                 "ComparisonError"):
             print(f"unet-ssl {args.command}: error: {e}", file=sys.stderr)
