@@ -15,10 +15,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import SMALL_PETS, copy_pets
-from test_pipeline import copy_repo, run
+from conftest import SMALL_PETS, copy_pets, copy_repo, run_checked as run
 from unet_ssl import grid
 from unet_ssl.stages import grid as grid_stages
+from unet_ssl.stages.tables import difference
+from unet_ssl.stats import confusion_from_record, confusion_record, dataset_jaccard
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "profiles"
@@ -151,6 +152,38 @@ def test_the_paper_profile_has_the_papers_settings():
     assert grid_paper["grid"]["seeds"] == [0, 1, 2] and grid_paper["data"]["pretrain_limit"] == 0
 
 
+# Comparisons in the tables -------------------------------------------------------------------------
+
+def run_records(cell: grid.Cell, errors: dict[int, float], per_image: bool = True) -> list[dict]:
+    """Records of a cell's runs (seed -> share of wrong pixels) as the grid writes them, with or
+    without the per-image confusion matrices of earlier grid versions."""
+    target = torch.randint(0, 3, (20, 16, 16), generator=torch.Generator().manual_seed(0))
+    out = []
+    for seed, error in errors.items():
+        g = torch.Generator().manual_seed(seed)
+        pred = torch.where(torch.rand(target.shape, generator=g) < error, (target + 1) % 3, target)
+        matrices = torch.stack([torch.bincount((t * 3 + p).reshape(-1), minlength=9).reshape(3, 3) for p, t in zip(pred, target)])
+        record = {"cell": cell.name, "seed": seed, "jaccard": float(dataset_jaccard(matrices.sum(0).numpy()))}
+        out.append(record | ({"test_confusion": confusion_record(torch.arange(20), matrices)} if per_image else {}))
+    return out
+
+
+def test_table_comparisons_are_paired_by_seed_with_an_interval_or_say_there_is_none():
+    import pandas as pd
+
+    pretrained, scratch = grid.Cell("simclr"), grid.Cell("none", freeze_encoder=False)
+    frame = pd.DataFrame(run_records(pretrained, {0: 0.1, 1: 0.12, 2: 0.11}) + run_records(scratch, {0: 0.3, 1: 0.28, 7: 0.1}))
+    clear = difference(frame, pretrained, scratch)  # seeds 0 and 1 only: seed 2 and 7 have no partner
+    assert clear.endswith(", better)") and "(95% CI +" in clear
+    paired = frame[frame["seed"].isin([0, 1])].groupby("cell")["jaccard"].mean()
+    assert clear.startswith(f"{paired[pretrained.name] - paired[scratch.name]:+.3f} (")
+    assert difference(frame, scratch, pretrained).endswith(", worse)")
+    assert difference(frame, pretrained, grid.Cell("mae_patch")) == "—"
+    old = pd.DataFrame(run_records(pretrained, {0: 0.1}, per_image=False) + run_records(scratch, {0: 0.3}))
+    assert difference(old, pretrained, scratch).endswith(", no interval (per-image scores not recorded)")
+    assert "better" not in difference(old, pretrained, scratch)
+
+
 # End to end on the sample ----------------------------------------------------------------------------
 
 def mlflow_runs(repo: Path, stage: str) -> list[dict]:
@@ -206,11 +239,16 @@ def test_table1_is_generated_from_runs_that_are_tagged_in_mlflow(grid_repo):
             cell.method, str(cell.freeze_encoder), str(cell.skip_connections), str(cell.subset), "0")
         record = json.loads((repo / "grid" / "runs" / grid.home(cell) / cell.name / "s0" / "result.json").read_text())
         assert record["mlflow_run_id"] == tags["run_id"] and 0 <= record["test"]["jaccard"] <= 1
+        index, per_image = confusion_from_record(record["test_confusion"])
+        assert len(index) == len(per_image) == record["test"]["n_images"]
+        assert dataset_jaccard(per_image.sum(0)) == pytest.approx(record["test"]["jaccard"])
     assert sorted(r["grid_run"] for r in mlflow_runs(repo, "grid_pretrain")) == ["mae_patch-s0", "none-s0", "simclr-s0"]
     report = (repo / "reports" / "table1.md").read_text()
     assert "| SimCLR | 1 |" in report and "| MAE, pixel masking | 0 | not run" in report
     assert "36 labelled pets of 3 breeds" in report and "profiles/grid-micro.yaml" in report
     assert "0.650" in report and "0.656" in report  # the paper's values beside ours
+    simclr = next(line for line in report.splitlines() if line.startswith("| SimCLR | 1 |"))
+    assert "(95% CI " in simclr and "2 SE" not in report
     for figure in ("table1_figures/learning_curves.png", "table1_figures/predictions.png",
                    "table1_figures/pretraining_loss.png", "mae_reconstructions.png"):
         assert (repo / "reports" / figure).stat().st_size > 5000, figure
@@ -268,10 +306,47 @@ def test_release_publishes_the_best_grid_model_with_a_model_card(grid_repo, tmp_
                    for p in (repo / "grid" / "runs").glob("*/*/s0/result.json"))
     assert max(h["val_jaccard"] for h in ckpt["history"]) == best_val
     assert f"{record['test']['jaccard']:.3f}" in card and "profiles/grid-micro.yaml" in card
+    assert "## Against the alternative" in card and "paired by seed (seeds 0): " in card and "(95% CI " in card
     pets = copy_pets(tmp_path / "folder", SMALL_PETS)
     run(["unet-ssl", "evaluate", "--checkpoint", str(model), "--images", str(pets / "images"),
          "--trimaps", str(pets / "annotations" / "trimaps"), "--out", str(tmp_path / "scores.json")], repo, env)
     assert json.loads((tmp_path / "scores.json").read_text())["n_images"] == len(SMALL_PETS)
+
+
+def test_the_model_card_compares_with_the_alternative_paired_by_seed_or_says_why_not(tmp_path, monkeypatch):
+    from unet_ssl import release
+    from unet_ssl.stages.common import FINETUNED, PETS, PREDICTIONS, PREPARED
+
+    monkeypatch.chdir(tmp_path)
+    target = torch.randint(0, 3, (12, 16, 16), generator=torch.Generator().manual_seed(0))
+
+    def candidate(method: str, seed: int, error: float, per_image: bool = True) -> release.Candidate:
+        pred = torch.where(torch.rand(target.shape, generator=torch.Generator().manual_seed(seed)) < error, (target + 1) % 3, target)
+        folder = tmp_path / "grid" / method / f"s{seed}"
+        folder.mkdir(parents=True)
+        saved = {"test_confusion": confusion_record(torch.arange(12), torch.stack(
+            [torch.bincount((t * 3 + p).reshape(-1), minlength=9).reshape(3, 3) for p, t in zip(pred, target)]))}
+        (folder / "result.json").write_text(json.dumps(saved if per_image else {}))
+        settings = {"seed": seed, "pretrain": {"method": method}, "finetune": {"freeze_encoder": False}}
+        return release.Candidate(f"grid run {method}-s{seed}", folder / "finetuned.pt", 0.5 + (method == "simclr") / 10,
+                                 {"jaccard": 1 - error}, settings, "p", Path("grid/data"), None)
+
+    pretrained = [candidate("simclr", s, 0.1) for s in (0, 1)]
+    scratch = [candidate("none", s, 0.4) for s in (0, 1)]
+    lines = "\n".join(release.comparison_lines(pretrained[0], pretrained + scratch))
+    assert "validation Jaccard 0.600 against 0.500 for the best candidate trained from scratch (grid run none-s0)" in lines
+    assert "paired by seed (seeds 0, 1): +" in lines and "(95% CI +" in lines and ", better)" in lines
+    old = candidate("none", 2, 0.4, per_image=False)
+    assert "no interval (per-image scores not recorded)" in "\n".join(release.comparison_lines(old, [old, candidate("simclr", 2, 0.1)]))
+    PETS.parent.mkdir(parents=True)
+    torch.save({"masks": target}, PETS)
+    PREDICTIONS.parent.mkdir(parents=True)
+    torch.save({"index": torch.arange(3), "pred": target[:3].to(torch.uint8)}, PREDICTIONS)
+    main = release.Candidate("main pipeline", FINETUNED, 0.7, {"jaccard": 1.0}, {**scratch[0].settings, "seed": 0}, "p", PREPARED, None)
+    index, per_image = release.candidate_per_image(main)
+    assert index.tolist() == [0, 1, 2] and dataset_jaccard(per_image.sum(0)) == 1.0
+    assert "no paired comparison is available (different test data)" in "\n".join(release.comparison_lines(main, [main, *pretrained]))
+    assert "No candidate pretrained" in "\n".join(release.comparison_lines(main, [main]))
 
 
 @pytest.mark.slow

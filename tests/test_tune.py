@@ -12,11 +12,13 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+import torch
 import yaml
 
 from unet_ssl.cli import main
 from unet_ssl.prepare import prepare_pets, prepare_pretrain
 from unet_ssl.stages.common import PETS, PRETRAIN_IMAGES
+from unet_ssl.stats import CONFUSION_ARTIFACT, confusion_record, per_image_confusion
 from unet_ssl.tune import (
     ORIGIN_ATTR, STOP_REASON_ATTR, Objective, TrialRuns, make_storage, open_study, search_space, storage_path,
 )
@@ -256,20 +258,30 @@ def test_compare_reports_the_test_scores_of_pipeline_runs_grouped_by_tuned_and_b
     study.add_trial(optuna.trial.create_trial(params=baseline, distributions=space, value=0.5,
                                               user_attrs={ORIGIN_ATTR: "params.yaml"}))
     study.add_trial(optuna.trial.create_trial(params=tuned, distributions=space, value=0.6))
-    for name, values, seed, score in (("paper-s0", baseline, 0, 0.50), ("tuned-s0", tuned, 0, 0.60),
-                                      ("tuned-s1", tuned, 1, 0.70)):
+    target = torch.randint(0, 3, (10, 16, 16), generator=torch.Generator().manual_seed(0))
+    for name, values, seed, score, error in (("paper-s0", baseline, 0, 0.50, 0.3), ("tuned-s0", tuned, 0, 0.60, 0.05),
+                                             ("tuned-s1", tuned, 1, 0.70, 0.05), ("paper-old-s1", baseline, 1, 0.50, None)):
         run_params = copy.deepcopy(params) | {"seed": seed}
         for key, value in values.items():
             group, leaf = key.split(".")
             run_params[group][leaf] = value
         monkeypatch.setenv("DVC_EXP_NAME", name)
-        with tracking.stage_run("evaluate", run_params):
-            pass
+        with tracking.stage_run("evaluate", run_params) as run:
+            if error is not None:  # what the evaluate stage logs; runs of older versions logged nothing
+                wrong = torch.rand(target.shape, generator=torch.Generator().manual_seed(seed)) < error
+                pred = torch.where(wrong, (target + 1) % 3, target)
+                run.log_dict(confusion_record(torch.arange(10), per_image_confusion(pred, target, 3)), CONFUSION_ARTIFACT)
         tracking.log_to_pipeline(run_params, {"test_jaccard": score, "test_f1": score + 0.1, "test_jaccard_border": score / 2})
     main(["tune", "--compare", "paper-s0", "tuned-s0", "tuned-s1"])
     text = (tmp_path / "reports" / "tuning_test.md").read_text()
     assert "| baseline (params.yaml) | 0.2 | 0.001 | 0.001 | 0 | 0.5000 |" in text
     assert "| tuned (best trial) | 0.37 | 0.0005 | 0.002 | 0, 1 | 0.6500 ± 0.0707 |" in text
+    paired = next(line for line in text.splitlines() if line.startswith("Tuned minus baseline"))
+    assert "paired by seed (seeds 0): +" in paired and "(95% CI +" in paired and ", better)" in paired
+    main(["tune", "--compare", "paper-old-s1", "tuned-s0", "tuned-s1"])
+    text = (tmp_path / "reports" / "tuning_test.md").read_text()
+    assert "paired by seed (seeds 1): +0.200, no interval (per-image scores not recorded)." in text
+    assert ", better)" not in text
     with pytest.raises(SystemExit):
         main(["tune", "--compare", "never-run"])
     assert "no finished pipeline run with test scores for DVC experiment 'never-run'" in capsys.readouterr().err

@@ -8,6 +8,7 @@ the reports, so it never touches the main pipeline's files."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +26,7 @@ from unet_ssl.pretrain import PretrainConfig, pretrain
 from unet_ssl.runtime import make_runtime, seed_everything
 from unet_ssl.stages.common import load_tensors, split_indices
 from unet_ssl.stages.evaluate import readable
+from unet_ssl.stats import confusion_record, per_image_confusion
 from unet_ssl.tracking import stage_run, summary_metrics
 
 GRID = Path("grid")
@@ -146,6 +148,13 @@ def pretrain_run(params: dict, key: str) -> None:
     print(f"grid pretrain {key}: {cfg.method} on {record['n_images']} photos, {seconds:.0f}s on {runtime.device}")
 
 
+def record_json(record: dict) -> str:
+    """Indented JSON with every list of plain integers on one line (one line per test image's
+    confusion matrix), so a run record stays readable."""
+    return re.sub(r"\[\s+(-?\d+(?:,\s+-?\d+)*)\s+\]", lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]",
+                  json.dumps(record, indent=2))
+
+
 def finetune_run(params: dict, key: str) -> None:
     """Fine-tunes one cell for one seed from its planned pretraining checkpoint, scores the selected
     weights on the test split (both metric views) and writes finetuned.pt + result.json."""
@@ -185,8 +194,9 @@ def finetune_run(params: dict, key: str) -> None:
         model = UNet(UNetConfig.from_dict(result["arch"]))
         model.load_state_dict(result["model"])
         ev = params["evaluate"]
-        scores, _ = evaluate_model(runtime.model(model), pets["images"][test_idx], pets["masks"][test_idx], runtime,
-                                   ev["batch_size"], ev["paper_batch_size"])
+        scores, pred = evaluate_model(runtime.model(model), pets["images"][test_idx], pets["masks"][test_idx], runtime,
+                                      ev["batch_size"], ev["paper_batch_size"])
+        per_image = per_image_confusion(pred, pets["masks"][test_idx], len(CLASS_NAMES))
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         checkpoint.save_atomic(result, out / "finetuned.pt")
         resume.unlink(missing_ok=True)
@@ -199,11 +209,12 @@ def finetune_run(params: dict, key: str) -> None:
             "pretrain_run": entry["pretrain"], "pretrain_mlflow_run_id": pretraining["mlflow_run_id"],
             "pretrain_seconds": pretraining["seconds"], "finetune": entry["finetune"],
             "n_train": len(train_idx), "n_val": len(val_idx), "test": readable(scores),
+            "test_confusion": confusion_record(test_idx, per_image),
             "selected_epoch": result["selected_epoch"], "history": result["history"],
             "seconds": seconds, "cpu_seconds": cpu_seconds, "started": started, "finished": now(),
             "device": str(runtime.device), "mlflow_run_id": run.run_id,
         }
-        (out / "result.json").write_text(json.dumps(record, indent=2))
+        (out / "result.json").write_text(record_json(record))
         run.log_artifact(out / "result.json")
     print(f"grid finetune {key}: {len(train_idx)} training pets, test Jaccard {scores['jaccard']:.3f} "
           f"(paper-style {scores['paper_style']['jaccard']:.3f}), {seconds:.0f}s")

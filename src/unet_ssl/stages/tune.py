@@ -22,6 +22,7 @@ from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
 
 from unet_ssl import tracking  # noqa: E402
 from unet_ssl.stages.common import REPORTS  # noqa: E402
+from unet_ssl.stats import CONFUSION_ARTIFACT, PerImage, confusion_from_record, paired_text  # noqa: E402
 from unet_ssl.tune import (  # noqa: E402
     OBJECTIVE, ORIGIN_ATTR, PROFILE_ATTR, SIZES_ATTR, STOP_REASON_ATTR, TrialRuns, apply_command, best_values, open_study,
     run_study, search_space,
@@ -213,6 +214,31 @@ def pipeline_runs(experiments: list[str]) -> list[mlflow.entities.Run]:
     return runs
 
 
+def logged_per_image(run: mlflow.entities.Run) -> PerImage | None:
+    """The per-image test confusion matrices that the evaluate stage under a pipeline run logged as
+    CONFUSION_ARTIFACT; None where it logged none."""
+    client = mlflow.MlflowClient()
+    stages = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}' and "
+                                "tags.stage = 'evaluate' and attributes.status = 'FINISHED'",
+                                order_by=["attributes.start_time DESC"], max_results=1)
+    if not stages or CONFUSION_ARTIFACT not in {f.path for f in client.list_artifacts(stages[0].info.run_id)}:
+        return None
+    return confusion_from_record(mlflow.artifacts.load_dict(f"runs:/{stages[0].info.run_id}/{CONFUSION_ARTIFACT}"))
+
+
+def paired_comparison(baseline: list[mlflow.entities.Run], tuned: list[mlflow.entities.Run]) -> list[str]:
+    """Report lines: tuned minus baseline test Jaccard paired by seed, with a bootstrap interval over
+    seeds and test images where the runs logged per-image scores."""
+    a, b = ({r.data.params["seed"]: r for r in runs} for runs in (baseline, tuned))
+    seeds = sorted(a.keys() & b.keys(), key=int)
+    if not seeds:
+        return ["No paired comparison: the tuned and baseline runs share no seed."]
+    plain = statistics.mean(b[s].data.metrics["test_jaccard"] - a[s].data.metrics["test_jaccard"] for s in seeds)
+    text = paired_text([logged_per_image(a[s]) for s in seeds], [logged_per_image(b[s]) for s in seeds], plain)
+    return [f"Tuned minus baseline, dataset-level test Jaccard, paired by seed (seeds {', '.join(seeds)}): {text}. "
+            "The interval is a 95% bootstrap over seeds and test images; 'better'/'worse' only where it excludes zero."]
+
+
 def write_test_comparison(params: dict, study: optuna.Study, experiments: list[str], path: Path = TEST_REPORT) -> None:
     """Test scores of full pipeline runs (`dvc exp run`) grouped by their values of the searched params:
     the tuned values against the baseline, each over the seeds that were run. Read from MLflow."""
@@ -243,6 +269,9 @@ def write_test_comparison(params: dict, study: optuna.Study, experiments: list[s
         border = [r.data.metrics["test_jaccard_border"] for r in runs]
         lines.append(f"| {label(values)} | " + " | ".join(f"{v:.4g}" for v in values)
                      + f" | {', '.join(sorted(r.data.params['seed'] for r in runs))} | {spread(jaccard)} | {spread(f1)} | {spread(border)} |")
+    arm = {label(values): runs for values, runs in arms.items()}
+    if {"tuned (best trial)", "baseline (params.yaml)"} <= arm.keys():
+        lines += ["", *paired_comparison(arm["baseline (params.yaml)"], arm["tuned (best trial)"])]
     lines += ["", "| DVC experiment | MLflow run | seed | test Jaccard |", "|---|---|---|---|"]
     lines += [f"| {r.data.tags['dvc_exp_name']} | {r.info.run_id} | {r.data.params['seed']} | {r.data.metrics['test_jaccard']:.4f} |"
               for runs in arms.values() for r in runs]
