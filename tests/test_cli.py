@@ -96,14 +96,13 @@ def test_the_repository_params_and_profiles_are_valid():
 
 def test_allowed_keys_come_from_the_config_dataclasses():
     from unet_ssl import bench
-    from unet_ssl.finetune import FULL_TRAINING_FRACTION, FinetuneConfig
-    from unet_ssl.pretrain import METHODS, PretrainConfig
+    from unet_ssl import finetune, pretrain
 
     schema = config.schema()
-    assert list(schema["pretrain"]) == [f.name for f in dataclasses.fields(PretrainConfig)]
-    assert list(schema["finetune"]) == [f.name for f in dataclasses.fields(FinetuneConfig)]
-    assert schema["pretrain"]["method"].choices == METHODS
-    assert config.FULL_TRAINING_FRACTION == FULL_TRAINING_FRACTION
+    assert list(schema["pretrain"]) == [f.name for f in dataclasses.fields(pretrain.PretrainConfig)]
+    assert list(schema["finetune"]) == [f.name for f in dataclasses.fields(finetune.FinetuneConfig)]
+    assert schema["pretrain"]["method"].choices == config.METHODS
+    assert finetune.FULL_TRAINING_FRACTION == config.FULL_TRAINING_FRACTION
     assert BENCH_WORKLOADS == bench.WORKLOADS and set(BENCH_PRECISIONS) == set(bench.BenchConfig().precisions)
 
 

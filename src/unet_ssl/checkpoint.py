@@ -75,6 +75,22 @@ def code_version() -> str:
     return digest.hexdigest()
 
 
+def dotted(params: dict, name: str) -> object:
+    """params["a"]["b"] for "a.b"."""
+    node = params
+    for part in name.split("."):
+        node = node[part]
+    return node
+
+
+def resume_key(params: dict, read: list[str], inputs: dict[str, Path]) -> dict:
+    """What makes a resume state this run's own: every param the stage reads (dotted names, as its
+    dvc.yaml entry lists them; the seed included), the content hash of each input file, the code version."""
+    return {"params": {name: dotted(params, name) for name in read},
+            "inputs": {name: file_digest(path) for name, path in inputs.items()},
+            "code": code_version()}
+
+
 def _flat(value: object, prefix: str = "") -> dict[str, object]:
     if not isinstance(value, dict):
         return {prefix: value}

@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="folder of images")
     p.add_argument("--trimaps", help="folder of trimaps with official values 1/2/3, matched to images by file stem")
     p.add_argument("--out", help="JSON file for the scores")
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default: evaluate.batch_size "
+    p.add_argument("--batch-size", type=_at_least(1), help="images per forward pass (default: evaluate.batch_size "
                    f"for the test split, {FOLDER_BATCH_SIZE} for folders); scores do not depend on it")
     p.set_defaults(func=_evaluate)
 
@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True,
                    help="a fine-tuned checkpoint (.pt) or an MLflow model URI (runs:/..., models:/pets-unet@champion)")
     p.add_argument("--out", required=True, help="folder for <stem>.png masks and <stem>_overlay.jpg overlays")
-    p.add_argument("--batch-size", type=int, default=16, help="photos per forward pass (default 16)")
+    p.add_argument("--batch-size", type=_at_least(1), default=16, help="photos per forward pass (default 16)")
     p.add_argument("--on-bad-input", choices=("error", "skip"), default="error",
                    help="error: write nothing and name every unusable photo; skip: write the others and list them")
     p.set_defaults(func=_predict)

@@ -16,6 +16,54 @@ from pathlib import Path
 import yaml
 
 CLASS_NAMES = ["pet", "background", "border"]
+METHODS = ("simclr", "mae_patch", "mae_pixel", "mae_none", "none")
+FULL_TRAINING_FRACTION = 0.9  # finetune.subset is a fraction of the whole labelled set; 0.9 = all of train
+
+# The settings of the training stages live here, beside their checks, so that reading params.yaml needs no torch.
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    method: str = "simclr"
+    epochs: int = 20
+    batch_size: int = 384
+    lr: float = 1e-3
+    temperature: float = 0.2
+    image_size: int = 64
+    projection: str = "bottleneck"  # or "multi_level"
+    mask_patch: int = 20
+    mask_ratio: float = 0.75
+    masked_only_loss: bool = False
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"pretrain.method must be one of {METHODS}, got {self.method!r}")
+        if self.projection not in ("bottleneck", "multi_level"):
+            raise ValueError(f"pretrain.projection must be 'bottleneck' or 'multi_level', got {self.projection!r}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    subset: float = 0.9
+    freeze_encoder: bool = True
+    skip_connections: bool = True
+    image_size: int = 128
+    augment: str = "none"  # "none" (the paper), "flip", or "flip_crop"
+    select_best: bool = True  # keep the weights of the epoch with the best validation Jaccard
+    lr_schedule: str = "constant"  # "constant" (the paper) or "cosine" (annealed to 0 over the epochs)
+
+    def __post_init__(self):
+        if not 0 < self.subset <= FULL_TRAINING_FRACTION:
+            raise ValueError(f"finetune.subset must be in (0, {FULL_TRAINING_FRACTION}], got {self.subset}")
+        if self.augment not in ("none", "flip", "flip_crop"):
+            raise ValueError(f"finetune.augment must be 'none', 'flip' or 'flip_crop', got {self.augment!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"finetune.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+
+
 
 
 class ParamsError(ValueError):
@@ -57,7 +105,6 @@ def _ranged(kind: str, low: float | None = None, high: float | None = None, **kw
 POSITIVE_INT, COUNT = _ranged("int", 1), _ranged("int", 0)
 POSITIVE = _ranged("float", 0, low_open=True)
 FRACTION = _ranged("float", 0, 1, low_open=True, high_open=True)
-FULL_TRAINING_FRACTION = 0.9  # = unet_ssl.finetune.FULL_TRAINING_FRACTION (kept here so reading params needs no torch)
 SUBSET = _ranged("float", 0, FULL_TRAINING_FRACTION, low_open=True)
 
 # Groups without a config dataclass. `seed` is a top-level value, not a group.
@@ -101,9 +148,6 @@ HINTS = {"finetune.subset": f" ({FULL_TRAINING_FRACTION:g} = all of the training
 
 
 def _config_classes() -> dict[str, type]:
-    from unet_ssl.finetune import FinetuneConfig
-    from unet_ssl.pretrain import PretrainConfig
-
     return {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
 
 

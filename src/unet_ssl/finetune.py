@@ -3,13 +3,14 @@ scratch; frozen or trainable encoder; keeps the weights of the best validation e
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from unet_ssl import augment, checkpoint
+from unet_ssl.config import FULL_TRAINING_FRACTION, FinetuneConfig
 from unet_ssl.evaluate import predict
 from unet_ssl.losses import dice_loss
 from unet_ssl.metrics import ConfusionMatrix
@@ -19,29 +20,6 @@ from unet_ssl.runtime import Runtime, check_finite, progress
 log = logging.getLogger(__name__)
 
 NUM_CLASSES = 3
-FULL_TRAINING_FRACTION = 0.9  # finetune.subset is a fraction of the whole labelled set; 0.9 = all of train
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 1e-3
-    subset: float = 0.9
-    freeze_encoder: bool = True
-    skip_connections: bool = True
-    image_size: int = 128
-    augment: str = "none"  # "none" (the paper), "flip", or "flip_crop"
-    select_best: bool = True  # keep the weights of the epoch with the best validation Jaccard
-    lr_schedule: str = "constant"  # "constant" (the paper) or "cosine" (annealed to 0 over the epochs)
-
-    def __post_init__(self):
-        if not 0 < self.subset <= FULL_TRAINING_FRACTION:
-            raise ValueError(f"finetune.subset must be in (0, {FULL_TRAINING_FRACTION}], got {self.subset}")
-        if self.augment not in ("none", "flip", "flip_crop"):
-            raise ValueError(f"finetune.augment must be 'none', 'flip' or 'flip_crop', got {self.augment!r}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"finetune.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
 
 
 def subset_indices(train_indices: torch.Tensor, subset: float, seed: int) -> torch.Tensor:
@@ -84,6 +62,7 @@ def finetune(
     runtime: Runtime,
     generator: torch.Generator,
     resume_path: Path | None = None,
+    resume_key: dict | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
     pretrained_path: Path | None = None,
 ) -> dict:
@@ -94,7 +73,7 @@ def finetune(
     model = runtime.model(model)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     run_key = {**asdict(cfg), "n_train": len(train_idx), "n_val": len(val_idx),
-               "pretrained_method": (pretrained or {}).get("method", "none")}
+               "pretrained_method": (pretrained or {}).get("method", "none"), **(resume_key or {})}
     stateful = {"model": model}
     if cfg.lr_schedule == "cosine":  # stepped once per epoch
         stateful["scheduler"] = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)

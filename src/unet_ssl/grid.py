@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-METHODS = ("simclr", "mae_patch", "mae_pixel", "mae_none", "none")
+from unet_ssl.config import METHODS
+
 SUBSETS = (0.9, 0.1, 0.01)
 
 # The paper's published numbers, quoted so our tables can stand beside them. They are the paper's

@@ -3,7 +3,7 @@ whole network. One loop, resumable from the last complete epoch. Depends on torc
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -11,34 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from unet_ssl import augment, checkpoint, distributed
+from unet_ssl.config import PretrainConfig
 from unet_ssl.losses import nt_xent_loss, reconstruction_loss
 from unet_ssl.model import ProjectionHead, UNet, UNetConfig
 from unet_ssl.runtime import Runtime, check_finite, progress
 
 log = logging.getLogger(__name__)
-
-METHODS = ("simclr", "mae_patch", "mae_pixel", "mae_none", "none")
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    method: str = "simclr"
-    epochs: int = 20
-    batch_size: int = 384
-    lr: float = 1e-3
-    temperature: float = 0.2
-    image_size: int = 64
-    projection: str = "bottleneck"  # or "multi_level"
-    mask_patch: int = 20
-    mask_ratio: float = 0.75
-    masked_only_loss: bool = False
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"pretrain.method must be one of {METHODS}, got {self.method!r}")
-        if self.projection not in ("bottleneck", "multi_level"):
-            raise ValueError(f"pretrain.projection must be 'bottleneck' or 'multi_level', got {self.projection!r}")
-
 
 class SimCLRNet(torch.nn.Module):
     """Encoder + projection head as one module: exactly the parameters SimCLR trains, which is what

@@ -9,8 +9,7 @@ from unet_ssl import checkpoint
 from unet_ssl.finetune import FinetuneConfig, finetune, subset_indices
 from unet_ssl.model import UNet, UNetConfig
 from unet_ssl.runtime import make_runtime, seed_everything
-from unet_ssl.stages.common import (FINETUNED, METRICS, PETS, PRETRAINED, RESUME, load_tensors, resume_key,
-                                    split_indices)
+from unet_ssl.stages.common import FINETUNED, METRICS, PETS, PRETRAINED, RESUME, load_tensors, split_indices
 from unet_ssl.tracking import stage_run
 
 
@@ -32,7 +31,8 @@ def run(params: dict) -> None:
         run.log_data("pets", PETS, "training")
         start = time.perf_counter()
         resume = RESUME / "finetune.pt"
-        key = resume_key(params, ["seed", "finetune", "runtime"], {"data": PETS, "pretrained checkpoint": PRETRAINED})
+        key = checkpoint.resume_key(params, ["seed", "finetune", "runtime"],
+                                    {"data": PETS, "pretrained checkpoint": PRETRAINED})
         result = finetune(pets["images"], pets["masks"], train_idx, val_idx, cfg, pretrained, runtime, generator,
                           resume_path=resume, resume_key=key, on_epoch=lambda e, row: run.log_metrics(row, step=e),
                           pretrained_path=PRETRAINED)

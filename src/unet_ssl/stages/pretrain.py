@@ -12,7 +12,7 @@ import pandas as pd
 from unet_ssl import checkpoint, distributed
 from unet_ssl.pretrain import PretrainConfig, pretrain
 from unet_ssl.runtime import make_runtime, seed_everything
-from unet_ssl.stages.common import METRICS, PRETRAIN_IMAGES, PRETRAINED, RESUME, load_tensors, resume_key
+from unet_ssl.stages.common import METRICS, PRETRAIN_IMAGES, PRETRAINED, RESUME, load_tensors
 from unet_ssl.tracking import StageRun, stage_run
 
 
@@ -37,8 +37,8 @@ def _run(params: dict, ctx: distributed.Context) -> None:
             run.log_data("pretrain", PRETRAIN_IMAGES, "training")
         start = time.perf_counter()
         resume = RESUME / "pretrain.pt"
-        key = resume_key(params, ["seed", "pretrain", "finetune.skip_connections", "runtime"],
-                         {"data": PRETRAIN_IMAGES} if images is not None else {})
+        key = checkpoint.resume_key(params, ["seed", "pretrain", "finetune.skip_connections", "runtime"],
+                                    {"data": PRETRAIN_IMAGES} if images is not None else {})
         result = pretrain(images, cfg, skip, runtime, generator, resume_path=resume, resume_key=key,
                           on_epoch=lambda e, row: run.log_metrics({"loss": row["loss"]}, step=e))
         seconds = time.perf_counter() - start
