@@ -37,6 +37,7 @@ def run(params: dict) -> None:
     model = checkpoint.load_model(FINETUNED)
     model = runtime.model(model)
     with stage_run("evaluate", params) as run:
+        run.log_data("pets", PETS, "evaluation")
         scores, pred = evaluate_model(model, pets["images"][test_idx], pets["masks"][test_idx], runtime,
                                       ev["batch_size"], ev["paper_batch_size"])
         metrics = summary_metrics("test_", scores, CLASS_NAMES)

@@ -97,6 +97,7 @@ def prepare(params: dict) -> None:
 
     data, raw = params["data"], Path(params["data"]["raw_dir"])
     with stage_run("grid_prepare", {k: params[k] for k in ("data", "profile")}) as run:
+        run.log_data("raw", raw, "raw")
         pets = prepare_pets(raw, PETS.parent, data, data["split_seed"])
         photos = prepare_pretrain(raw, PRETRAIN_IMAGES.parent, data, data["split_seed"])
         rows = [row for suite in pets_suites(pets, data) + pretrain_suites(photos) for row in run_suite(suite)]
@@ -131,6 +132,8 @@ def pretrain_run(params: dict, key: str) -> None:
     started = now()
     with stage_run("grid_pretrain", run_params, tags) as run:
         images = load_tensors(PRETRAIN_IMAGES)["images"] if cfg.method != "none" else None
+        if images is not None:
+            run.log_data("pretrain", PRETRAIN_IMAGES, "training")
         start, cpu_start = time.perf_counter(), time.process_time()
         resume = RESUME / f"pretrain-{key}.pt"
         result = pretrain(images, cfg, skips, runtime, generator, resume_path=resume,
@@ -185,6 +188,7 @@ def finetune_run(params: dict, key: str) -> None:
     started = now()
     with stage_run("grid_finetune", run_params, tags) as run:
         run.log_metrics({"n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(test_idx)})
+        run.log_data("pets", PETS, "training")
         start, cpu_start = time.perf_counter(), time.process_time()
         resume = RESUME / f"finetune-{key}.pt"
         result = finetune(pets["images"], pets["masks"], train_idx, val_idx, cfg, pretrained, runtime, generator,

@@ -35,6 +35,7 @@ def summary(counts: dict[str, int], report_file: Path) -> str:
 def run_pets(params: dict) -> None:
     data = params["data"]
     with stage_run("prepare_pets", params) as run:
+        run.log_data("raw", data["raw_dir"], "raw")
         manifest = prepare_pets(Path(data["raw_dir"]), PETS.parent, data, data["split_seed"])
         split_counts = manifest["split"].value_counts().to_dict()
         run.log_metrics({f"n_{k}": v for k, v in split_counts.items()})
@@ -47,6 +48,7 @@ def run_pets(params: dict) -> None:
 def run_pretrain(params: dict) -> None:
     data = params["data"]
     with stage_run("prepare_pretrain", params) as run:
+        run.log_data("raw", data["raw_dir"], "raw")
         manifest = prepare_pretrain(Path(data["raw_dir"]), PRETRAIN_IMAGES.parent, data, data["split_seed"])
         run.log_metrics({"n_images": len(manifest), "n_classes": manifest["wnid"].nunique()})
         counts = log_input_report(run, PRETRAIN_IMAGES.parent / "pretrain_input_report.csv")

@@ -61,6 +61,7 @@ def run(params: dict) -> None:
     FIGURES.mkdir(parents=True, exist_ok=True)
     scores = json.loads((METRICS / "evaluate.json").read_text())["test"]
     with stage_run("report", params) as run:
+        run.log_data("pets", PETS, "report")
         learning_curves()
         prediction_grid(params["evaluate"]["examples"])
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731

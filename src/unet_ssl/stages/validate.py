@@ -49,6 +49,8 @@ def run(params: dict) -> None:
     inputs = pd.concat([pd.read_csv(PETS.parent / "input_report.csv"),
                         pd.read_csv(PRETRAIN_IMAGES.parent / "pretrain_input_report.csv")])
     with stage_run("validate", params) as run:
+        run.log_data("pets-manifest", [PETS.parent / "pets_manifest.csv", PETS.parent / "input_report.csv"], "validation")
+        run.log_data("pretrain-manifest", [PRETRAIN_IMAGES.parent / n for n in ("pretrain_manifest.csv", "pretrain_input_report.csv")], "validation")
         rows = [row for suite in pets_suites(pets, params["data"]) + pretrain_suites(pretrain) for row in run_suite(suite)]
         failures = write_report(rows, inputs)
         run.log_metrics({"checks": len(rows), "failed_checks": sum(not r["success"] for r in rows)})
