@@ -104,16 +104,6 @@ def mlflow_client(tracking_store: str, monkeypatch: pytest.MonkeyPatch):
 
 # ------------------------------------------------------------------ the pipeline in a temporary repository
 
-# params.yaml overrides that make `dvc repro` on the sample take about two minutes on 2 cores.
-PIPELINE_TINY = {
-    ("data", "pretrain_limit"): 128,
-    ("pretrain", "epochs"): 1,
-    ("pretrain", "batch_size"): 64,
-    ("finetune", "epochs"): 2,
-    ("finetune", "batch_size"): 8,
-}
-
-
 def run_checked(cmd: list[str], cwd: Path, env: dict) -> str:
     """Runs `cmd`; fails the test with the end of its output unless it exits 0; returns stdout + stderr."""
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
@@ -134,10 +124,11 @@ def copy_repo(dest: Path) -> None:
 
 @pytest.fixture(scope="session")
 def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
-    """A temporary git + DVC repository made from this checkout, with the embedded sample and
-    PIPELINE_TINY, after `dvc repro` (committed): (its path, the environment the commands ran in, the
-    output of `dvc repro`). Shared by the session, since it takes minutes: tests that change its
-    workspace use their own copy (`copy_pipeline_repo`)."""
+    """A temporary git + DVC repository made from this checkout as a fresh clone would be (the committed
+    params.yaml, the embedded sample, no dvc.lock), after `dvc repro` (committed): (its path, the environment
+    the commands ran in, the output of `dvc repro`). Its records must equal the committed ones
+    (test_pipeline.py). Shared by the session, since it takes minutes: tests that change its workspace use
+    their own copy (`copy_pipeline_repo`)."""
     repo = tmp_path_factory.mktemp("pipeline") / "repo"
     repo.mkdir()
     copy_repo(repo)
@@ -145,10 +136,6 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict,
     env.pop("MLFLOW_TRACKING_URI", None)
     for f in ("dvc.lock", "data.dvc"):
         (repo / f).unlink(missing_ok=True)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for (group, key), value in PIPELINE_TINY.items():
-        params[group][key] = value
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
     run_checked(["git", "init", "-q"], repo, env)
     run_checked(["unet-ssl", "data", "sample"], repo, env)

@@ -7,8 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import PIPELINE_TINY as TINY, run_checked as run  # the pipeline_repo fixture is in conftest.py
+from conftest import REPO, run_checked as run  # the pipeline_repo fixture is in conftest.py
 
 
 def mlflow_rows(repo: Path, sql: str) -> list[tuple]:
@@ -34,8 +35,35 @@ def test_repro_writes_metrics_report_and_mlflow_runs(pipeline_repo):
     metric = mlflow_rows(repo, f"select value from latest_metrics where key = 'test_jaccard' and run_uuid = '{parents[0][0]}'")
     assert metric and metric[0][0] == pytest.approx(scores["jaccard"])
     # the fine-tuned model is logged with MLflow's PyTorch flavour, per-epoch metrics are there
-    assert mlflow_rows(repo, "select count(*) from metrics where key = 'val_jaccard'")[0][0] >= TINY[("finetune", "epochs")]
+    epochs = yaml.safe_load((repo / "params.yaml").read_text())["finetune"]["epochs"]
+    assert mlflow_rows(repo, "select count(*) from metrics where key = 'val_jaccard'")[0][0] >= epochs
     assert list((repo / "mlruns").rglob("MLmodel"))
+
+
+def numbers(tree: object, path: str = "") -> dict[str, float]:
+    """Every number of a JSON tree by its path."""
+    if isinstance(tree, dict):
+        return {k: v for key, item in tree.items() for k, v in numbers(item, f"{path}.{key}").items()}
+    return {path: tree} if isinstance(tree, (int, float)) else {}
+
+
+def test_main_reproduces_its_committed_records(pipeline_repo):
+    """What a fresh clone's `dvc repro` on the embedded sample makes is what main commits: every code and params
+    entry of dvc.lock, and every number of metrics/evaluate.json within 1e-6. A stale main cannot land."""
+    repo, _, _ = pipeline_repo
+    committed, produced = (yaml.safe_load((root / "dvc.lock").read_text())["stages"] for root in (REPO, repo))
+    assert produced.keys() == committed.keys()
+    for stage in committed:
+        code = [{d["path"]: d["md5"] for d in lock[stage].get("deps", []) if d["path"].startswith("src/")}
+                for lock in (committed, produced)]
+        assert code[1] == code[0], f"stage {stage}: committed dvc.lock was made by other code; run `dvc repro` and commit"
+        assert produced[stage].get("params") == committed[stage].get("params"), f"stage {stage}: other params"
+    want, got = (numbers(json.loads((root / "metrics" / "evaluate.json").read_text())) for root in (REPO, repo))
+    assert got.keys() == want.keys()
+    off = {k: (want[k], got[k]) for k in want if abs(want[k] - got[k]) > 1e-6}
+    assert not off, f"metrics/evaluate.json differs from a fresh run (committed, produced): {off}"
+    print(f"\n[fresh clone] dvc.lock code and params entries of {len(committed)} stages identical; "
+          f"{len(want)} numbers of metrics/evaluate.json equal within 1e-6 (test Jaccard {got['.test.jaccard']:.6f})")
 
 
 def test_repro_again_does_nothing(pipeline_repo):

@@ -17,6 +17,7 @@ from unet_ssl.images import IMAGE_SUFFIXES, BadInputError, DecodedImage, decode_
 from unet_ssl.model import UNet
 from unet_ssl.runtime import make_runtime, progress
 from unet_ssl.stages.common import FINETUNED, METRICS, PETS, PREDICTIONS, load_tensors, split_indices
+from unet_ssl.stats import CONFUSION_ARTIFACT, confusion_record, per_image_confusion
 from unet_ssl.tracking import log_to_pipeline, stage_run, summary_metrics
 
 
@@ -40,6 +41,8 @@ def run(params: dict) -> None:
         run.log_data("pets", PETS, "evaluation")
         scores, pred = evaluate_model(model, pets["images"][test_idx], pets["masks"][test_idx], runtime,
                                       ev["batch_size"], ev["paper_batch_size"])
+        per_image = per_image_confusion(pred, pets["masks"][test_idx], len(CLASS_NAMES))
+        run.log_dict(confusion_record(test_idx, per_image), CONFUSION_ARTIFACT)
         metrics = summary_metrics("test_", scores, CLASS_NAMES)
         run.log_metrics(metrics)
         METRICS.mkdir(exist_ok=True)

@@ -136,7 +136,9 @@ def pretrain_run(params: dict, key: str) -> None:
             run.log_data("pretrain", PRETRAIN_IMAGES, "training")
         start, cpu_start = time.perf_counter(), time.process_time()
         resume = RESUME / f"pretrain-{key}.pt"
-        result = pretrain(images, cfg, skips, runtime, generator, resume_path=resume,
+        identity = checkpoint.resume_key(run_params, ["seed", "pretrain", "finetune", "runtime"],
+                                         {"data": PRETRAIN_IMAGES} if images is not None else {})
+        result = pretrain(images, cfg, skips, runtime, generator, resume_path=resume, resume_key=identity,
                           on_epoch=lambda e, row: run.log_metrics({"loss": row["loss"]}, step=e))
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         checkpoint.save_atomic(result, out / "pretrained.pt")
@@ -191,8 +193,10 @@ def finetune_run(params: dict, key: str) -> None:
         run.log_data("pets", PETS, "training")
         start, cpu_start = time.perf_counter(), time.process_time()
         resume = RESUME / f"finetune-{key}.pt"
+        identity = checkpoint.resume_key(run_params, ["seed", "pretrain", "finetune", "runtime"],
+                                         {"data": PETS, "pretrained checkpoint": source / "pretrained.pt"})
         result = finetune(pets["images"], pets["masks"], train_idx, val_idx, cfg, pretrained, runtime, generator,
-                          resume_path=resume, on_epoch=lambda e, row: run.log_metrics(row, step=e),
+                          resume_path=resume, resume_key=identity, on_epoch=lambda e, row: run.log_metrics(row, step=e),
                           pretrained_path=source / "pretrained.pt")
         train_seconds = time.perf_counter() - start
         model = UNet(UNetConfig.from_dict(result["arch"]))
