@@ -31,9 +31,11 @@ def documented(command: str) -> str:
 
 
 def new_shell_env() -> dict:
-    """The environment of a new login: no virtual environment active, none of its tools on PATH."""
+    """The environment of a new login: no virtual environment active, none of its tools on PATH, and no trace of
+    a `make` above it (under `make test` MAKELEVEL would make `make exps` print 'Entering directory' lines)."""
     venv_bin = str(Path(sys.executable).parent)
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "MLFLOW_TRACKING_URI", "PYTHONPATH")}
+    left_out = ("VIRTUAL_ENV", "MLFLOW_TRACKING_URI", "PYTHONPATH", "MAKELEVEL", "MAKEFLAGS", "MFLAGS")
+    env = {k: v for k, v in os.environ.items() if k not in left_out}
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p and p != venv_bin)
     env["COLUMNS"] = str(WIDTH)
     return env

@@ -253,7 +253,7 @@ def test_a_resume_state_of_another_run_is_reported_and_never_used(make_workspace
     """SIGKILL mid-run, change one thing that determines the result, re-run: the stage names what differed,
     deletes the stale state and starts at epoch 1, ending exactly as a clean run with the new settings."""
     spec = STAGES["finetune"]
-    ws = make_workspace(spec.overrides, pets=SMALL_PETS, pretrain=False, name="killed")
+    ws = make_workspace(spec.overrides, pets=spec.pets, pretrain=False, name="killed")
     spec.setup(ws)
     kill_mid_epoch(start(ws, "finetune"))
     resume_file = ws / "checkpoints" / "resume" / "finetune.pt"
