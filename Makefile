@@ -32,7 +32,7 @@ test-slow: install
 # The MLflow UI, light: one worker, and no job runner (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false; it serves
 # GenAI jobs this project never runs). It first prints the address of the experiment's Model training view.
 ui: install
-	@echo "MLflow UI (Ctrl-C stops it); the runs of this project: $$(python -m unet_ssl.tracking ui-url --store sqlite:///mlruns/mlflow.db --port 5000)"
+	@echo "MLflow UI (Ctrl-C stops it); the runs of this project: $$(python -m unet_ssl.tracking.mlflow_runs ui-url --store sqlite:///mlruns/mlflow.db --port 5000)"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
 paper: install

@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from unet_ssl import tracking  # noqa: E402
+from unet_ssl.tracking import mlflow_runs  # noqa: E402
 
 # Quick demo executions: (pretrain.method, finetune.freeze_encoder, finetune.subset)
 DEMO = [("simclr", False, 0.9), ("none", False, 0.9), ("simclr", True, 0.9), ("simclr", False, 0.1)]
@@ -93,12 +93,12 @@ def make_demo_runs(work: Path) -> str:
         set_dotted(run_params, "pretrain.method", method)
         set_dotted(run_params, "finetune.freeze_encoder", frozen)
         set_dotted(run_params, "finetune.subset", subset)
-        os.environ[tracking.EXECUTION_ENV] = f"screenshots-{os.getpid()}-{i}"
-        log(f"demo execution {i + 1}/{len(DEMO)}: {tracking.describe(run_params)}")
+        os.environ[mlflow_runs.EXECUTION_ENV] = f"screenshots-{os.getpid()}-{i}"
+        log(f"demo execution {i + 1}/{len(DEMO)}: {mlflow_runs.describe(run_params)}")
         stages = [prepare.run_pets, prepare.run_pretrain, validate.run] if i == 0 else []
         for stage in [*stages, pretrain.run, finetune.run, evaluate.run]:
             stage(run_params)
-    os.environ.pop(tracking.EXECUTION_ENV, None)
+    os.environ.pop(mlflow_runs.EXECUTION_ENV, None)
     os.chdir(REPO)
     return store
 
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         port = free_port()
         log(f"starting mlflow ui on 127.0.0.1:{port} for {store}")
         server = start_ui(store, port)
-        url = tracking.ui_url(store, port=port)
+        url = mlflow_runs.ui_url(store, port=port)
         log(f"Model training view: {url}")
         args.out.mkdir(parents=True, exist_ok=True)
         shoot(url, args.out, timeout_ms=60_000)

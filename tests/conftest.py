@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 import yaml
+
+from unet_ssl import cli
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample"
@@ -18,6 +23,51 @@ SAMPLE_PETS = SAMPLE / "oxford-iiit-pet"
 SAMPLE_PRETRAIN = SAMPLE / "pretrain"
 # A few real pairs of each breed of the sample, for tests that need a small but realistic folder.
 SMALL_PETS = ["Abyssinian_11", "Abyssinian_140", "Bengal_129", "Bengal_135", "american_bulldog_128", "american_bulldog_140"]
+
+PHOTO = SAMPLE_PETS / "images" / "Bengal_129.jpg"
+MATLAB_FILE = SAMPLE_PETS / "images" / "Abyssinian_100.mat"
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """`unet-ssl <argv>` in-process, as a user runs it: exit code, stdout, stderr."""
+    try:
+        cli.main(argv)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def png_rgb16(rgb8: np.ndarray) -> bytes:
+    """A 48-bit (16 bits per channel) RGB PNG of an 8-bit picture; Pillow cannot write these."""
+    rgb16 = rgb8.astype(">u2") * 257
+    height, width, _ = rgb16.shape
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + rgb16[y].tobytes() for y in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def damaged(kind: str) -> bytes:
+    """Bytes of the real photo, damaged in one of the ways files get damaged."""
+    data = PHOTO.read_bytes()
+    scan = data.find(b"\xff\xda")  # start of the entropy-coded picture data
+    if kind == "truncated":
+        return data[: len(data) // 2]
+    if kind == "corrupt_scan":
+        noise = np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes()
+        return data[: scan + 200] + noise + data[scan + 2200:]
+    if kind == "corrupt_header":
+        return data[:20] + bytes(300) + data[320:]
+    if kind == "empty":
+        return b""
+    if kind == "not_an_image":
+        return MATLAB_FILE.read_bytes()
+    raise ValueError(kind)
 
 
 def copy_pets(raw_dir: Path, names: list[str] | None = None) -> Path:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, set_dotted
+
 from unet_ssl import config
 from unet_ssl.cli import BENCH_PRECISIONS, BENCH_WORKLOADS, build_parser, main
 
@@ -95,14 +95,15 @@ def test_the_repository_params_and_profiles_are_valid():
 
 
 def test_allowed_keys_come_from_the_config_dataclasses():
-    from unet_ssl import bench
-    from unet_ssl import finetune, pretrain
+    from unet_ssl.core import finetuning, pretraining
+    from unet_ssl.data import splits
+    from unet_ssl.experiments import bench
 
     schema = config.schema()
-    assert list(schema["pretrain"]) == [f.name for f in dataclasses.fields(pretrain.PretrainConfig)]
-    assert list(schema["finetune"]) == [f.name for f in dataclasses.fields(finetune.FinetuneConfig)]
+    assert list(schema["pretrain"]) == [f.name for f in dataclasses.fields(pretraining.PretrainConfig)]
+    assert list(schema["finetune"]) == [f.name for f in dataclasses.fields(finetuning.FinetuneConfig)]
     assert schema["pretrain"]["method"].choices == config.METHODS
-    assert finetune.FULL_TRAINING_FRACTION == config.FULL_TRAINING_FRACTION
+    assert splits.FULL_TRAINING_FRACTION is config.FULL_TRAINING_FRACTION  # subsets are fractions of the same whole
     assert BENCH_WORKLOADS == bench.WORKLOADS and set(BENCH_PRECISIONS) == set(bench.BenchConfig().precisions)
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import REPO, run_checked as run  # the pipeline_repo fixture is in conftest.py
+from conftest import REPO  # the pipeline_repo fixture is in conftest.py
+from conftest import run_checked as run
 
 
 def mlflow_rows(repo: Path, sql: str) -> list[tuple]:

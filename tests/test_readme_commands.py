@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, copy_pipeline_repo
 
 README = (REPO / "README.md").read_text()

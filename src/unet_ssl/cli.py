@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 from unet_ssl.config import ParamsError, load_params
+from unet_ssl.paths import RAW
 
 FOLDER_BATCH_SIZE = 16  # `evaluate --checkpoint` images per forward pass unless --batch-size says otherwise
 
-# Enumerated comma lists of `unet-ssl bench` (= unet_ssl.bench.WORKLOADS; named here so --help needs no torch).
+# Enumerated comma lists of `unet-ssl bench` (= unet_ssl.experiments.bench.WORKLOADS; named here so --help needs no torch).
 BENCH_WORKLOADS = ("simclr", "mae", "finetune", "evaluate")
 BENCH_PRECISIONS = ("fp32", "bf16")
 PIPELINE_STAGES = ("prepare-pets", "prepare-pretrain", "validate", "pretrain", "finetune", "evaluate", "report")
@@ -25,30 +26,30 @@ def _stage(module: str, func: str = "run"):
 
 
 def _data_import(args: argparse.Namespace) -> None:
-    from unet_ssl import data_sources
+    from unet_ssl.data import sources
 
-    data_sources.copy_tree(Path(args.path))
+    sources.copy_tree(Path(args.path))
     if not args.no_dvc:
-        data_sources.dvc_add()
-    print(f"imported {args.path} into {data_sources.RAW}; commit data.dvc to version it")
+        sources.dvc_add()
+    print(f"imported {args.path} into {RAW}; commit data.dvc to version it")
 
 
 def _data_sample(args: argparse.Namespace) -> None:
-    from unet_ssl import data_sources
+    from unet_ssl.data import sources
 
-    copied = data_sources.use_sample(force=args.force)
+    copied = sources.use_sample(force=args.force)
     if not args.no_dvc:
-        data_sources.dvc_add()
-    print(f"{'copied the embedded sample to' if copied else 'kept the existing'} {data_sources.RAW}")
+        sources.dvc_add()
+    print(f"{'copied the embedded sample to' if copied else 'kept the existing'} {RAW}")
 
 
 def _data_download(args: argparse.Namespace) -> None:
-    from unet_ssl import data_sources
+    from unet_ssl.data import sources
 
-    data_sources.download_pets()
+    sources.download_pets()
     if not args.no_dvc:
-        data_sources.dvc_add()
-    print(f"Oxford-IIIT Pet is in {data_sources.RAW}; commit data.dvc to version it")
+        sources.dvc_add()
+    print(f"Oxford-IIIT Pet is in {RAW}; commit data.dvc to version it")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -86,7 +87,7 @@ def _tune(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from unet_ssl import bench
+    from unet_ssl.experiments import bench
 
     params = load_params(args.params)
     config = bench.BenchConfig(
@@ -127,7 +128,7 @@ def _grid(args: argparse.Namespace) -> None:
 
 
 def _release(args: argparse.Namespace) -> None:
-    from unet_ssl import release
+    from unet_ssl.experiments import release
 
     release.run(load_params(args.params), Path(args.out), include_grid=args.from_grid)
 
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-        from unet_ssl.images import BadInputError
+        from unet_ssl.data.images import BadInputError
 
         if isinstance(e, (BadInputError, FileNotFoundError, ParamsError)) or type(e).__name__ in (
                 "DataValidationError", "NonFiniteLossError", "CheckpointError", "ReleaseError", "GridPlanError",

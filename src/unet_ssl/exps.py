@@ -56,7 +56,7 @@ def table(csv_text: str, width: int) -> str:
         created = (r["Created"] or "-").replace("T", " ")[:16]
         lines.append([name, created, *(_number(r.get(k) or "-") for k in SCORES), *([r.get("State") or ""] if state else [])])
     columns = [head, *lines]
-    shown, hidden = [], []
+    hidden = []
     for p in params:
         label = p.split(":", 1)[-1]
         col_width = max(len(label), *(len(_number(r[p] or "-")) for r in rows))

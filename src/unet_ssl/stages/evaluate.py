@@ -10,15 +10,28 @@ from pathlib import Path
 
 import torch
 
-from unet_ssl import checkpoint
 from unet_ssl.config import CLASS_NAMES
-from unet_ssl.evaluate import DEFAULT_IMAGE_SIZE, classes_to_trimap, evaluate_model, load_segmenter, overlay, segment
-from unet_ssl.images import IMAGE_SUFFIXES, BadInputError, DecodedImage, decode_rgb
-from unet_ssl.model import UNet
-from unet_ssl.runtime import make_runtime, progress
-from unet_ssl.stages.common import FINETUNED, METRICS, PETS, PREDICTIONS, load_tensors, split_indices
-from unet_ssl.stats import CONFUSION_ARTIFACT, confusion_record, per_image_confusion
-from unet_ssl.tracking import log_to_pipeline, stage_run, summary_metrics
+from unet_ssl.core import checkpoint
+from unet_ssl.core.inference import (
+    DEFAULT_IMAGE_SIZE,
+    classes_to_trimap,
+    evaluate_model,
+    load_segmenter,
+    overlay,
+    segment,
+)
+from unet_ssl.core.model import UNet
+from unet_ssl.core.runtime import make_runtime, progress
+from unet_ssl.core.stats import (
+    CONFUSION_ARTIFACT,
+    confusion_record,
+    per_image_confusion,
+)
+from unet_ssl.data.images import IMAGE_SUFFIXES, BadInputError, DecodedImage, decode_rgb
+from unet_ssl.data.prepared import load_tensors
+from unet_ssl.data.splits import split_indices
+from unet_ssl.paths import FINETUNED, METRICS, PETS, PREDICTIONS
+from unet_ssl.tracking.mlflow_runs import log_to_pipeline, stage_run, summary_metrics
 
 
 def readable(scores: dict) -> dict:
@@ -67,7 +80,8 @@ def evaluate_folder(checkpoint_path: Path, images_dir: Path, trimaps_dir: Path, 
                     paper_batch_size: int = PAPER_BATCH_SIZE) -> dict:
     """Scores a fine-tuned checkpoint on any folder of images and trimaps (official 1/2/3 values,
     matched by file stem, any size): each pair is resized to the checkpoint's training resolution."""
-    from unet_ssl.images import decode_trimap, resize_image, resize_mask, trimap_to_classes
+    from unet_ssl.core.resize import resize_image, resize_mask
+    from unet_ssl.data.images import decode_trimap, trimap_to_classes
 
     for d in (images_dir, trimaps_dir):
         if not d.is_dir():
@@ -105,7 +119,7 @@ def load_inference_model(source: str) -> tuple[torch.nn.Module, int]:
         return load_segmenter(Path(source))
     import mlflow
 
-    from unet_ssl.tracking import tracking_uri
+    from unet_ssl.tracking.mlflow_runs import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     info = mlflow.models.get_model_info(source)

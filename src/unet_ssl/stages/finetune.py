@@ -5,12 +5,14 @@ import time
 
 import pandas as pd
 
-from unet_ssl import checkpoint
-from unet_ssl.finetune import FinetuneConfig, finetune, subset_indices
-from unet_ssl.model import UNet, UNetConfig
-from unet_ssl.runtime import make_runtime, seed_everything
-from unet_ssl.stages.common import FINETUNED, METRICS, PETS, PRETRAINED, RESUME, load_tensors, split_indices
-from unet_ssl.tracking import stage_run
+from unet_ssl.core import checkpoint
+from unet_ssl.core.finetuning import FinetuneConfig, finetune
+from unet_ssl.core.model import UNet, UNetConfig
+from unet_ssl.core.runtime import make_runtime, seed_everything
+from unet_ssl.data.prepared import load_tensors
+from unet_ssl.data.splits import split_indices, subset_indices
+from unet_ssl.paths import FINETUNED, METRICS, PETS, PRETRAINED, RESUME
+from unet_ssl.tracking.mlflow_runs import stage_run
 
 
 def run(params: dict) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from unet_ssl.prepare import prepare_pets, prepare_pretrain
-from unet_ssl.stages.common import PETS, PRETRAIN_IMAGES
-from unet_ssl.tracking import StageRun, stage_run
+from unet_ssl.data.preparation import prepare_pets, prepare_pretrain
+from unet_ssl.paths import PETS, PRETRAIN_IMAGES
+from unet_ssl.tracking.mlflow_runs import StageRun, stage_run
 
 log = logging.getLogger(__name__)
 ACTIONS = ("converted", "ignored", "excluded", "skipped")

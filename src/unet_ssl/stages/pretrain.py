@@ -9,11 +9,12 @@ import time
 
 import pandas as pd
 
-from unet_ssl import checkpoint, distributed
-from unet_ssl.pretrain import PretrainConfig, pretrain
-from unet_ssl.runtime import make_runtime, seed_everything
-from unet_ssl.stages.common import METRICS, PRETRAIN_IMAGES, PRETRAINED, RESUME, load_tensors
-from unet_ssl.tracking import StageRun, stage_run
+from unet_ssl.core import checkpoint, distributed
+from unet_ssl.core.pretraining import PretrainConfig, pretrain
+from unet_ssl.core.runtime import make_runtime, seed_everything
+from unet_ssl.data.prepared import load_tensors
+from unet_ssl.paths import METRICS, PRETRAIN_IMAGES, PRETRAINED, RESUME
+from unet_ssl.tracking.mlflow_runs import StageRun, stage_run
 
 
 def run(params: dict) -> None:

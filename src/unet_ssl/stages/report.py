@@ -12,8 +12,9 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from unet_ssl.config import CLASS_NAMES  # noqa: E402
-from unet_ssl.stages.common import METRICS, PETS, PREDICTIONS, REPORTS, load_tensors  # noqa: E402
-from unet_ssl.tracking import flatten, stage_run  # noqa: E402
+from unet_ssl.data.prepared import load_tensors  # noqa: E402
+from unet_ssl.paths import METRICS, PETS, PREDICTIONS, REPORTS  # noqa: E402
+from unet_ssl.tracking.mlflow_runs import flatten, stage_run  # noqa: E402
 
 FIGURES = REPORTS / "figures"
 PALETTE = torch.tensor([[230, 90, 40], [40, 40, 40], [250, 220, 90]], dtype=torch.uint8)  # pet, background, border

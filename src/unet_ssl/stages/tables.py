@@ -1,6 +1,6 @@
 """Stages `table1`, `table2` and `resolution` of grid/dvc.yaml: markdown tables and figures in
 reports/, generated from the grid's run records (grid/runs/**/result.json), its checkpoints and its
-data; the only numbers not computed from runs are the paper's, quoted from `unet_ssl.grid`."""
+data; the only numbers not computed from runs are the paper's, quoted from `unet_ssl.experiments.grid_plan`."""
 from __future__ import annotations
 
 import json
@@ -15,16 +15,22 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from unet_ssl import augment, checkpoint, grid  # noqa: E402
-from unet_ssl.evaluate import evaluate_model  # noqa: E402
-from unet_ssl.evaluate import predict  # noqa: E402
-from unet_ssl.images import decode_rgb, decode_trimap, resize_image, resize_mask, trimap_to_classes  # noqa: E402
-from unet_ssl.runtime import make_runtime  # noqa: E402
-from unet_ssl.stages.common import REPORTS, load_tensors, split_indices  # noqa: E402
+from unet_ssl.core import augment, checkpoint  # noqa: E402
+from unet_ssl.core.inference import (
+    evaluate_model,  # noqa: E402
+    predict,  # noqa: E402
+)
+from unet_ssl.core.resize import resize_image, resize_mask  # noqa: E402
+from unet_ssl.core.runtime import make_runtime  # noqa: E402
+from unet_ssl.core.stats import PerImage, confusion_from_record, paired_text  # noqa: E402
+from unet_ssl.data.images import decode_rgb, decode_trimap, trimap_to_classes  # noqa: E402
+from unet_ssl.data.prepared import load_tensors  # noqa: E402
+from unet_ssl.data.splits import split_indices  # noqa: E402
+from unet_ssl.experiments import grid_plan  # noqa: E402
+from unet_ssl.paths import REPORTS  # noqa: E402
 from unet_ssl.stages.grid import PETS, PRETRAINED, check_plan, results  # noqa: E402
 from unet_ssl.stages.report import colourise  # noqa: E402
-from unet_ssl.stats import PerImage, confusion_from_record, paired_text  # noqa: E402
-from unet_ssl.tracking import stage_run  # noqa: E402
+from unet_ssl.tracking.mlflow_runs import stage_run  # noqa: E402
 
 METRICS = {  # column -> (label, path in a result's "test" scores)
     "f1": ("F1", ("f1",)),
@@ -44,7 +50,7 @@ PAIRED = ("paired by seed (the seeds both cells ran): mean difference with a 95%
           "else 'within noise'.")
 
 
-def figures_dir(table: grid.Table) -> Path:
+def figures_dir(table: grid_plan.Table) -> Path:
     return REPORTS / f"{table.name}_figures"
 
 
@@ -62,7 +68,7 @@ def metric_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def stats(frame: pd.DataFrame, cell: grid.Cell, column: str) -> tuple[float, float, int]:
+def stats(frame: pd.DataFrame, cell: grid_plan.Cell, column: str) -> tuple[float, float, int]:
     """Mean, sample standard deviation (NaN for one seed) and number of seeds of a cell's metric."""
     values = frame.loc[frame["cell"] == cell.name, column].dropna() if len(frame) else pd.Series(dtype=float)
     if values.empty:
@@ -80,7 +86,7 @@ def paper(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-def seed_runs(frame: pd.DataFrame, cell: grid.Cell) -> dict[int, pd.Series]:
+def seed_runs(frame: pd.DataFrame, cell: grid_plan.Cell) -> dict[int, pd.Series]:
     """A cell's run records by seed."""
     runs = frame[frame["cell"] == cell.name] if len(frame) else frame
     return {int(r["seed"]): r for _, r in runs.iterrows()}
@@ -92,7 +98,7 @@ def per_image(record: pd.Series) -> PerImage | None:
     return confusion_from_record(saved) if isinstance(saved, dict) else None
 
 
-def difference(frame: pd.DataFrame, cell: grid.Cell, baseline: grid.Cell) -> str:
+def difference(frame: pd.DataFrame, cell: grid_plan.Cell, baseline: grid_plan.Cell) -> str:
     """Dataset-level Jaccard of `cell` minus `baseline`, paired by seed (the seeds both ran): the mean
     difference with a bootstrap interval over seeds and test images, and a verdict only where the
     interval excludes zero."""
@@ -104,9 +110,9 @@ def difference(frame: pd.DataFrame, cell: grid.Cell, baseline: grid.Cell) -> str
     return paired_text([per_image(a[s]) for s in seeds], [per_image(b[s]) for s in seeds], plain, RESAMPLES)
 
 
-def scratch_baseline(cell: grid.Cell) -> grid.Cell:
+def scratch_baseline(cell: grid_plan.Cell) -> grid_plan.Cell:
     """The from-scratch run a cell is judged against: no pretraining, encoder trained, same skips and subset."""
-    return grid.Cell("none", freeze_encoder=False, skip_connections=cell.skip_connections, subset=cell.subset)
+    return grid_plan.Cell("none", freeze_encoder=False, skip_connections=cell.skip_connections, subset=cell.subset)
 
 
 def data_statement(params: dict, prepared: Path = PETS.parent.parent) -> list[str]:
@@ -168,7 +174,7 @@ def timing_statement(frame: pd.DataFrame) -> str:
             f"{span / 60:.1f} min from the first start to the last finish.")
 
 
-def diagnostics(frame: pd.DataFrame, cells: list[grid.Cell]) -> list[str]:
+def diagnostics(frame: pd.DataFrame, cells: list[grid_plan.Cell]) -> list[str]:
     """Per cell: training set size, selected epoch, best and last validation Jaccard and the
     epoch-to-epoch swing of validation Jaccard over the second half of training."""
     lines = ["| cell | seeds | training pets | selected epoch | best val Jaccard | last-epoch val Jaccard | "
@@ -192,7 +198,7 @@ def diagnostics(frame: pd.DataFrame, cells: list[grid.Cell]) -> list[str]:
     return lines
 
 
-def learning_curves(frame: pd.DataFrame, table: grid.Table, path: Path) -> None:
+def learning_curves(frame: pd.DataFrame, table: grid_plan.Table, path: Path) -> None:
     """Validation Jaccard per epoch (mean over seeds, band = min..max), one panel per column."""
     fig, axes = plt.subplots(1, len(table.columns), figsize=(5.5 * len(table.columns), 4.8), squeeze=False)
     colours = plt.get_cmap("tab10").colors
@@ -228,7 +234,7 @@ def pretraining_curves(frame: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def subset_curves(frame: pd.DataFrame, table: grid.Table, path: Path) -> None:
+def subset_curves(frame: pd.DataFrame, table: grid_plan.Table, path: Path) -> None:
     """Dataset-level test Jaccard against fine-tuning subset size per variant; the paper's values dashed."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     colours = plt.get_cmap("tab10").colors
@@ -240,12 +246,12 @@ def subset_curves(frame: pd.DataFrame, table: grid.Table, path: Path) -> None:
         x, mean, std, _ = zip(*points)
         ax.errorbar(x, mean, yerr=[0 if math.isnan(s) else s for s in std], marker="o", capsize=3, label=row.label,
                     color=colours[i % 10])
-        theirs = [(c.subset, grid.paper_value(table, c)[1]) for c in row.cells if grid.paper_value(table, c)[1] is not None]
+        theirs = [(c.subset, grid_plan.paper_value(table, c)[1]) for c in row.cells if grid_plan.paper_value(table, c)[1] is not None]
         if theirs:
             ax.plot(*zip(*theirs), linestyle="--", marker="x", color=colours[i % 10], alpha=0.6)
     ax.set(xscale="log", xlabel="fraction of the labelled pets used for fine-tuning",
            ylabel="test Jaccard (dataset-level)", title="Jaccard vs fine-tuning subset (dashed x: the paper's SimCLR)")
-    ax.set_xticks(grid.SUBSETS, [f"{s:.0%}" for s in grid.SUBSETS])
+    ax.set_xticks(grid_plan.SUBSETS, [f"{s:.0%}" for s in grid_plan.SUBSETS])
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -258,7 +264,7 @@ def examples(pets: dict, k: int) -> torch.Tensor:
     return test[torch.linspace(0, len(test) - 1, min(k, len(test))).round().long()]
 
 
-def prediction_grid(params: dict, frame: pd.DataFrame, cells: list[grid.Cell], path: Path) -> None:
+def prediction_grid(params: dict, frame: pd.DataFrame, cells: list[grid_plan.Cell], path: Path) -> None:
     """The first test pets: image, true mask, and the prediction of each cell's first-seed model."""
     pets = load_tensors(PETS)
     test_idx = examples(pets, params["grid"]["examples"])
@@ -319,25 +325,25 @@ def mae_figure(params: dict, path: Path = MAE_FIGURE) -> None:
     plt.close(fig)
 
 
-def header(table: grid.Table, params: dict, frame: pd.DataFrame) -> list[str]:
+def header(table: grid_plan.Table, params: dict, frame: pd.DataFrame) -> list[str]:
     return [f"# {table.title}", "",
             f"Generated by `dvc repro grid/dvc.yaml:{table.name}` (`unet-ssl grid table {table.name}`) from the run records in "
             "grid/runs/ (one fine-tuning run per cell and seed, each in MLflow under stage `grid_finetune` with tags "
             "method, freeze_encoder, skip_connections, subset, seed). Mean ± sample standard deviation over seeds; "
-            f"the paper's values are quoted from {grid.PAPER_CITATION}.", "",
+            f"the paper's values are quoted from {grid_plan.PAPER_CITATION}.", "",
             *data_statement(params), *profile_statement(params, frame), timing_statement(frame), ""]
 
 
 def table1_lines(frame: pd.DataFrame) -> list[str]:
-    table = grid.TABLE1
-    scratch = grid.Cell("none", freeze_encoder=False)
+    table = grid_plan.TABLE1
+    scratch = grid_plan.Cell("none", freeze_encoder=False)
     lines = ["## Scores", "",
              "| pretraining | seeds | F1 (dataset-level) | Jaccard (dataset-level) | F1 (paper-style) | Jaccard (paper-style) "
              "| paper F1 | paper Jaccard | border Jaccard | Jaccard vs from scratch |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in table.rows:
         cell = row.cells[0]
         n = stats(frame, cell, "jaccard")[2]
-        theirs = grid.paper_value(table, cell)
+        theirs = grid_plan.paper_value(table, cell)
         lines.append(f"| {row.label} | {n} | " + " | ".join(fmt(*stats(frame, cell, c)) for c in ("f1", "jaccard", "paper_f1", "paper_jaccard"))
                      + f" | {paper(theirs[0])} | {paper(theirs[1])} | {fmt(*stats(frame, cell, 'border_jaccard'))} | "
                      + ("baseline" if cell == scratch else difference(frame, cell, scratch)) + " |")
@@ -346,14 +352,14 @@ def table1_lines(frame: pd.DataFrame) -> list[str]:
 
 
 def table2_lines(frame: pd.DataFrame) -> list[str]:
-    table = grid.TABLE2
+    table = grid_plan.TABLE2
     lines = []
     for column, title in (("jaccard", "Dataset-level Jaccard (primary)"), ("paper_jaccard", "Paper-style Jaccard")):
         lines += [f"## {title}", "", "| variant | " + " | ".join(table.columns) + " |", "|---|" + "---|" * len(table.columns)]
         for row in table.rows:
             cells = []
             for cell in row.cells:
-                theirs = grid.paper_value(table, cell)[1]
+                theirs = grid_plan.paper_value(table, cell)[1]
                 cells.append(fmt(*stats(frame, cell, column)) + ("" if theirs is None else f" (paper {theirs:.3f})"))
             lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -371,7 +377,7 @@ def table2_lines(frame: pd.DataFrame) -> list[str]:
               "| variant | 90% − 10% | paper |", "|---|---|---|"]
     for row in table.rows:
         full, tenth = row.cells[0], row.cells[1]
-        theirs = [grid.paper_value(table, c)[1] for c in (full, tenth)]
+        theirs = [grid_plan.paper_value(table, c)[1] for c in (full, tenth)]
         lines.append(f"| {row.label} | {difference(frame, full, tenth)} | "
                      + ("—" if None in theirs else f"{theirs[0] - theirs[1]:+.3f}") + " |")
     lines += ["", "One run per cell, as the paper reports, compares one seed with one seed. Of the single-seed "
@@ -389,7 +395,7 @@ def table2_lines(frame: pd.DataFrame) -> list[str]:
 
 def run_table(params: dict, name: str) -> None:
     check_plan(params)
-    table = grid.TABLES[name]
+    table = grid_plan.TABLES[name]
     cells = table.cells
     frame = results(params, cells)
     frame = metric_frame(frame) if len(frame) else frame
@@ -458,7 +464,7 @@ def run_resolution(params: dict) -> None:
                 k: r[k] for k in ("jaccard", "paper_jaccard", "f1")}
         RESOLUTION_SCORES.write_text(json.dumps(nested, indent=1))
         trained = params["finetune"]["image_size"]
-        order = [c.name for t in grid.TABLES.values() for c in t.cells if c.subset == 0.9]
+        order = [c.name for t in grid_plan.TABLES.values() for c in t.cells if c.subset == 0.9]
         cells = sorted(set(scores["cell"]), key=order.index)
         lines = ["# Resolution invariance", "",
                  f"Generated by `dvc repro grid/dvc.yaml:resolution` (`unet-ssl grid resolution`): every fine-tuned model of "

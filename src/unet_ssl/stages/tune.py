@@ -20,13 +20,27 @@ from mlflow.entities import Metric, RunTag  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
 
-from unet_ssl import tracking  # noqa: E402
-from unet_ssl.stages.common import REPORTS  # noqa: E402
-from unet_ssl.stats import CONFUSION_ARTIFACT, PerImage, confusion_from_record, paired_text  # noqa: E402
-from unet_ssl.tune import (  # noqa: E402
-    OBJECTIVE, ORIGIN_ATTR, PROFILE_ATTR, SIZES_ATTR, STOP_REASON_ATTR, TrialRuns, apply_command, best_values, open_study,
-    run_study, search_space,
+from unet_ssl.core.stats import (  # noqa: E402
+    CONFUSION_ARTIFACT,
+    PerImage,
+    confusion_from_record,
+    paired_text,
 )
+from unet_ssl.experiments.tuning import (  # noqa: E402
+    OBJECTIVE,
+    ORIGIN_ATTR,
+    PROFILE_ATTR,
+    SIZES_ATTR,
+    STOP_REASON_ATTR,
+    TrialRuns,
+    apply_command,
+    best_values,
+    open_study,
+    run_study,
+    search_space,
+)
+from unet_ssl.paths import REPORTS  # noqa: E402
+from unet_ssl.tracking import mlflow_runs  # noqa: E402
 
 REPORT = REPORTS / "tuning.md"
 TEST_REPORT = REPORTS / "tuning_test.md"
@@ -200,9 +214,9 @@ class ComparisonError(ValueError):
 
 def pipeline_runs(experiments: list[str]) -> list[mlflow.entities.Run]:
     """The finished pipeline parent run of each named DVC experiment (newest first if run twice)."""
-    mlflow.set_tracking_uri(tracking.tracking_uri(tracking.repo_root()))
+    mlflow.set_tracking_uri(mlflow_runs.tracking_uri(mlflow_runs.repo_root()))
     client = mlflow.MlflowClient()
-    experiment_id = tracking._experiment_id(mlflow)
+    experiment_id = mlflow_runs._experiment_id(mlflow)
     runs = []
     for name in experiments:
         found = client.search_runs([experiment_id], f"tags.dvc_exp_name = '{name}' and tags.role = 'pipeline' "

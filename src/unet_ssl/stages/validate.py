@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from unet_ssl.stages.common import PETS, PRETRAIN_IMAGES, REPORTS
-from unet_ssl.tracking import stage_run
-from unet_ssl.validate import pets_suites, pretrain_suites, run_suite
+from unet_ssl.data.expectations import pets_suites, pretrain_suites, run_suite
+from unet_ssl.paths import PETS, PRETRAIN_IMAGES, REPORTS
+from unet_ssl.tracking.mlflow_runs import stage_run
 
 REPORT = REPORTS / "data_validation.md"
 MAX_INPUT_ROWS = 100  # input-report rows shown in the markdown report (the CSVs hold every one)

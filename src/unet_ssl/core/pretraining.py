@@ -1,0 +1,141 @@
+"""Self-supervised pretraining of the U-Net: SimCLR on the encoder, or a masked autoencoder on the
+whole network. One loop, resumable from the last complete epoch. Depends on torch alone."""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from unet_ssl.config import PretrainConfig
+from unet_ssl.core import augment, checkpoint, distributed
+from unet_ssl.core.losses import nt_xent_loss, reconstruction_loss
+from unet_ssl.core.model import ProjectionHead, UNet, UNetConfig
+from unet_ssl.core.runtime import Runtime, check_finite, progress
+
+log = logging.getLogger(__name__)
+
+class SimCLRNet(torch.nn.Module):
+    """Encoder + projection head as one module: exactly the parameters SimCLR trains, which is what
+    DistributedDataParallel must see (the decoder gets no gradient in SimCLR)."""
+
+    def __init__(self, encoder: torch.nn.Module, head: ProjectionHead):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+def simclr_views(batch: torch.Tensor, cfg: PretrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Two random views of every image of a uint8 batch, stacked as (view a of all, view b of all),
+    made where the batch lives (the generator must be on the same device)."""
+    return torch.cat([augment.simclr_view(batch, cfg.image_size, generator) for _ in range(2)])
+
+
+def simclr_loss(net: torch.nn.Module, views: torch.Tensor, cfg: PretrainConfig, runtime: Runtime) -> torch.Tensor:
+    """NT-Xent on the projections of `views`; under torchrun the projections of every rank are
+    gathered (with gradients) so each anchor has the negatives of the whole global batch."""
+    with runtime.autocast():
+        z = net(views)
+    z_a, z_b = z.float().chunk(2)
+    return nt_xent_loss(distributed.gather(z_a), distributed.gather(z_b), cfg.temperature)
+
+
+def mae_inputs(batch: torch.Tensor, cfg: PretrainConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float images at `cfg.image_size` (upsampled bilinearly when stored smaller) and their masks
+    (1 where hidden), made where the batch lives."""
+    images = augment.to_float(batch)
+    if images.shape[-1] != cfg.image_size:
+        images = F.interpolate(images, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
+    mask = augment.make_mask(cfg.method.removeprefix("mae_"), images.shape[0], cfg.image_size, cfg.image_size,
+                             generator, cfg.mask_patch, cfg.mask_ratio, device=images.device)
+    return images, mask
+
+
+def mae_loss(net: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor, cfg: PretrainConfig,
+             runtime: Runtime) -> torch.Tensor:
+    """Blackens the masked pixels and reconstructs the whole image (loss over all pixels, or masked only)."""
+    with runtime.autocast():
+        reconstruction = net(images * (1 - mask))
+    return reconstruction_loss(reconstruction, images, mask, cfg.masked_only_loss)
+
+
+def pretrain(
+    images: torch.Tensor | None,
+    cfg: PretrainConfig,
+    skip_connections: bool,
+    runtime: Runtime,
+    generator: torch.Generator,
+    resume_path: Path | None = None,
+    resume_key: dict | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Trains for `cfg.epochs` and returns a checkpoint dict (format of `checkpoint.model_checkpoint`).
+
+    `images` is uint8 (N, 3, H, W) in memory (None for method 'none'). With `resume_path`, the state is saved there after
+    every epoch and a run with the same config picks up after the last complete epoch.
+
+    Under torchrun (process group initialised, see `distributed.init_from_env`) the model is wrapped in
+    DistributedDataParallel, `cfg.batch_size` is the global batch split evenly over the processes, and only
+    rank 0 calls `on_epoch` and writes `resume_path` (every rank reads it, so it must be on a shared disk).
+    """
+    is_mae = cfg.method.startswith("mae_")
+    ctx = distributed.context()
+    arch = UNetConfig(out_channels=3, skip_connections=skip_connections)
+    model = runtime.model(UNet(arch))
+    head = runtime.model(ProjectionHead(arch.widths, multi_level=cfg.projection == "multi_level"))
+    if cfg.method == "none":
+        return checkpoint.model_checkpoint(model, method="none", pretrained_parts=[], history=[])
+    net = distributed.wrap(model if is_mae else SimCLRNet(model.encoder, head), runtime.device)
+    params = list(model.parameters()) if is_mae else [*model.encoder.parameters(), *head.parameters()]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    run_key = {**asdict(cfg), "skip_connections": skip_connections, "n_images": images.shape[0],
+               "world_size": ctx.world_size, **(resume_key or {})}
+    modules = {"model": model, "head": head}
+    state = checkpoint.resume_training_state(resume_path, run_key, modules, optimizer, generator, "pretraining")
+    start_epoch, history = (state["epoch"], state["history"]) if state else (0, [])
+    n = images.shape[0]
+    if n < 2:
+        raise ValueError(f"pretraining needs at least 2 images, got {n}")
+    batch_size = min(cfg.batch_size, n)  # the global batch, split over the processes under torchrun
+    if ctx.active:
+        batch_size -= batch_size % ctx.world_size
+        if batch_size == 0:
+            raise ValueError(f"{n} images cannot fill a batch on each of {ctx.world_size} processes")
+    steps = n // batch_size  # drop the ragged last batch: NT-Xent wants full batches
+    images = runtime.resident(images)
+    last_loss = None
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        net.train()
+        # Same order on every rank (shared seed); views and masks from a per-rank stream on the device.
+        order = torch.randperm(n, generator=generator)
+        views_generator = runtime.generator(int(torch.randint(2**62, (1,), generator=generator)) + ctx.rank)
+        total = 0.0
+        bar = progress(range(steps), f"pretrain {cfg.method} epoch {epoch}/{cfg.epochs}", show=ctx.is_main)
+        for step in bar:
+            local = distributed.shard(order[step * batch_size:(step + 1) * batch_size], ctx)
+            batch = runtime.to_device(images[local.to(images.device)])
+            if is_mae:
+                inputs, mask = mae_inputs(batch, cfg, views_generator)
+                loss = mae_loss(net, runtime.batch(inputs), runtime.batch(mask), cfg, runtime)
+            else:
+                loss = simclr_loss(net, runtime.batch(simclr_views(batch, cfg, views_generator)), cfg, runtime)
+            last_loss = check_finite(loss, f"pretrain {cfg.method}", epoch, step, last_loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += last_loss
+            bar.set_postfix(loss=f"{last_loss:.4f}")
+        row = {"epoch": epoch, "loss": distributed.mean_over_ranks(total / steps)}
+        history.append(row)
+        if on_epoch and ctx.is_main:
+            on_epoch(epoch, row)
+        if resume_path is not None and ctx.is_main:
+            checkpoint.save_training_state(resume_path, run_key, epoch, modules, optimizer, generator, history=history)
+    parts = ["encoder", "decoder"] if is_mae else ["encoder"]
+    return checkpoint.model_checkpoint(model.cpu(), method=cfg.method, pretrained_parts=parts, history=history,
+                                       head=head.cpu().state_dict(), config=asdict(cfg))
