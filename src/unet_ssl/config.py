@@ -54,6 +54,7 @@ class FinetuneConfig:
     augment: str = "none"  # "none" (the paper), "flip", or "flip_crop"
     select_best: bool = True  # keep the weights of the epoch with the best validation Jaccard
     lr_schedule: str = "constant"  # "constant" (the paper) or "cosine" (annealed to 0 over the epochs)
+    recompute_bn_stats: bool = False  # re-estimate batch-norm statistics on the training photos once, before training
 
     def __post_init__(self):
         if not 0 < self.subset <= FULL_TRAINING_FRACTION:

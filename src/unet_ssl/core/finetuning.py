@@ -11,6 +11,7 @@ import torch
 
 from unet_ssl.config import FinetuneConfig
 from unet_ssl.core import augment, checkpoint
+from unet_ssl.core.batchnorm import recompute_batchnorm_stats
 from unet_ssl.core.inference import predict
 from unet_ssl.core.losses import dice_loss
 from unet_ssl.core.metrics import ConfusionMatrix
@@ -75,6 +76,8 @@ def finetune(
     val_images, val_masks = images[val_idx], masks[val_idx]
     n = len(train_idx)
     batch_size = min(cfg.batch_size, n)
+    if cfg.recompute_bn_stats and state is None:  # once, on a fresh start; a resumed run has them in its state
+        recompute_batchnorm_stats(model, train_images, runtime, batch_size)
     last_loss = None
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         train_mode(model, cfg.freeze_encoder)
