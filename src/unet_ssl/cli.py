@@ -11,7 +11,8 @@ from unet_ssl.paths import RAW
 
 FOLDER_BATCH_SIZE = 16  # `evaluate --checkpoint` images per forward pass unless --batch-size says otherwise
 
-# Enumerated comma lists of `unet-ssl bench` (= unet_ssl.experiments.bench.WORKLOADS; named here so --help needs no torch).
+# Enumerated comma lists of `unet-ssl bench` (= unet_ssl.experiments.bench.WORKLOADS),
+# named here so --help needs no torch.
 BENCH_WORKLOADS = ("simclr", "mae", "finetune", "evaluate")
 BENCH_PRECISIONS = ("fp32", "bf16")
 PIPELINE_STAGES = ("prepare-pets", "prepare-pretrain", "validate", "pretrain", "finetune", "evaluate", "report")
@@ -141,8 +142,8 @@ def _comma_list(allowed: tuple[str, ...], aliases: dict[str, tuple[str, ...]] | 
         if unknown or not (values or empty):
             alias_text = "".join(f"; {alias} = {','.join(meant)}" for alias, meant in (aliases or {}).items())
             names = ", ".join(allowed) + alias_text
-            raise argparse.ArgumentTypeError(f"{'unknown ' + ', '.join(map(repr, unknown)) if unknown else 'empty list'}; "
-                                             f"give a comma-separated list of {names}")
+            problem = "unknown " + ", ".join(map(repr, unknown)) if unknown else "empty list"
+            raise argparse.ArgumentTypeError(f"{problem}; give a comma-separated list of {names}")
         return tuple(dict.fromkeys(values))
     return parse
 
@@ -186,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="bring data into data/raw and version it with DVC").add_subparsers(dest="action", required=True)
+    data = sub.add_parser("data", help="bring data into data/raw and version it with DVC").add_subparsers(
+        dest="action", required=True)
     p = data.add_parser("import", help="copy a folder in the shared layout (oxford-iiit-pet/, pretrain/) into data/raw")
     p.add_argument("path")
     p.add_argument("--no-dvc", action="store_true", help="do not run `dvc add`")
@@ -211,13 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=help_).set_defaults(func=_stage(module, func))
 
     p = sub.add_parser("tune", help="Optuna study of tune.space (resumable; report in reports/tuning.md)")
-    p.add_argument("--n-trials", type=_at_least(0), help="trials to add (default tune.n_trials; 0 = only regenerate the report)")
+    p.add_argument("--n-trials", type=_at_least(0),
+                   help="trials to add (default tune.n_trials; 0 = only regenerate the report)")
     p.add_argument("--timeout", type=_at_least(0, float), help="stop starting new trials after this many seconds")
-    p.add_argument("--seed", type=_at_least(0), help="sampler seed (default tune.seed); give each parallel process its own")
+    p.add_argument("--seed", type=_at_least(0),
+                   help="sampler seed (default tune.seed); give each parallel process its own")
     p.add_argument("--study-name", help="default tune.study_name")
     p.add_argument("--storage", help="journal file of the study (default tune.storage)")
-    p.add_argument("--compare", nargs="+", metavar="EXP", help="instead of trials: test scores of these DVC experiments "
-                   "(pipeline runs of the tuned and baseline values) -> reports/tuning_test.md")
+    p.add_argument("--compare", nargs="+", metavar="EXP",
+                   help="instead of trials: test scores of these DVC experiments "
+                        "(pipeline runs of the tuned and baseline values) -> reports/tuning_test.md")
     p.set_defaults(func=_tune)
 
     p = sub.add_parser("bench", help="images/s of each workload: tensor data path vs compute vs naive PIL pipeline; "
@@ -231,32 +236,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="off, on, or both (= off,on, the default)")
     p.add_argument("--simclr-batch", type=_at_least(1), default=32, help="images per SimCLR step at 64 px (default 32)")
     p.add_argument("--batch", type=_at_least(1), default=8, help="images per step at 128 px (default 8)")
-    p.add_argument("--seconds", type=_at_least(0, float), default=1.0, help="least timed seconds per figure (default 1)")
+    p.add_argument("--seconds", type=_at_least(0, float), default=1.0,
+                   help="least timed seconds per figure (default 1)")
     p.add_argument("--min-steps", type=_at_least(1), default=2, help="least timed steps per figure (default 2)")
     p.add_argument("--no-naive", action="store_true", help="skip the PIL + torchvision DataLoader baseline")
     p.add_argument("--compile", action="store_true", help="also time the compute step under torch.compile")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=_at_least(0), default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--no-throughput", action="store_true", help="only the sections asked for below")
-    p.add_argument("--numerics", action="store_true", help="fine-tune in fp32 and bf16 with the same seeds; compare scores")
+    p.add_argument("--numerics", action="store_true",
+                   help="fine-tune in fp32 and bf16 with the same seeds; compare scores")
     p.add_argument("--numerics-seeds", type=_int_list, default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--numerics-epochs", type=_at_least(0), default=0, help="default finetune.epochs")
     p.add_argument("--stages", type=_comma_list(PIPELINE_STAGES, empty=True), default="",
                    help=f"comma-separated pipeline stages ({', '.join(PIPELINE_STAGES)}) to run as subprocesses here, "
                         "measuring peak RSS (writes the stages' outputs: use a scratch clone)")
-    p.add_argument("--stage-timeout", type=_at_least(0, float), default=0, help="interrupt a stage after this many seconds "
-                                                                   "(its peak comes with the first training steps)")
+    p.add_argument("--stage-timeout", type=_at_least(0, float), default=0,
+                   help="interrupt a stage after this many seconds (its peak comes with the first training steps)")
     p.add_argument("--label", default="", help="names the memory section (e.g. 'paper batch sizes')")
     p.set_defaults(func=_bench)
 
-    grid_parser = sub.add_parser("grid", help="the paper's tables as a grid of runs (grid/dvc.yaml; reads grid/params.yaml)")
+    grid_parser = sub.add_parser("grid",
+                                 help="the paper's tables as a grid of runs (grid/dvc.yaml; reads grid/params.yaml)")
     grid_sub = grid_parser.add_subparsers(dest="action", required=True)
     p = grid_sub.add_parser("use", help="write grid/params.yaml (profile + run plan) from a grid profile")
     p.add_argument("profile", help="e.g. profiles/grid-cpu.yaml or profiles/grid-paper.yaml")
     grid_sub.add_parser("plan", help="check grid/params.yaml and count its runs")
     grid_sub.add_parser("prepare", help="the grid's pets and pretraining photos at the profile's sizes, validated")
     for action in ("pretrain", "finetune"):
-        grid_sub.add_parser(action, help=f"one {action} run of the plan").add_argument("key", help="its name in plan.{action}")
+        grid_sub.add_parser(action, help=f"one {action} run of the plan").add_argument(
+            "key", help="its name in plan.{action}")
     grid_sub.add_parser("table", help="write reports/<table>.md and its figures from the runs").add_argument(
         "table", choices=["table1", "table2"])
     grid_sub.add_parser("resolution", help="score every 90%% run at grid.resolutions; reports/resolution.md")
@@ -265,11 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("release", help="publish the fine-tuned model as <out>/pets-unet.pt with a model card")
     p.add_argument("--out", default="models", help="folder for pets-unet.pt and README.md (default: models)")
     p.add_argument("--from-grid", action="store_true",
-                   help="also consider every grid run; the best validation Jaccard wins (the test split chooses nothing)")
+                   help="also consider every grid run; the best validation Jaccard wins "
+                        "(the test split chooses nothing)")
     p.set_defaults(func=_release)
 
     p = sub.add_parser("evaluate", help="test-split scores (pipeline stage), or score any folder with --checkpoint")
-    p.add_argument("--checkpoint", help="a fine-tuned checkpoint (.pt); with it, evaluate folders instead of the test split")
+    p.add_argument("--checkpoint",
+                   help="a fine-tuned checkpoint (.pt); with it, evaluate folders instead of the test split")
     p.add_argument("--images", help="folder of images")
     p.add_argument("--trimaps", help="folder of trimaps with official values 1/2/3, matched to images by file stem")
     p.add_argument("--out", help="JSON file for the scores")

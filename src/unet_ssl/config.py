@@ -87,7 +87,8 @@ class Key:
 
     def describe(self) -> str:
         if self.choices:
-            allowed = " | ".join(str(c) for c in self.choices) + (f" | {self.pattern_help}" if self.pattern_help else "")
+            allowed = " | ".join(str(c) for c in self.choices)
+            allowed += f" | {self.pattern_help}" if self.pattern_help else ""
             return f"one of {allowed}"
         kinds = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
                  "list": "a list", "dict": "a mapping"}

@@ -104,7 +104,8 @@ def color_jitter(
     return torch.where(apply, out, images)
 
 
-def simclr_view(images: torch.Tensor, size: int, generator: torch.Generator, jitter: dict | None = None) -> torch.Tensor:
+def simclr_view(images: torch.Tensor, size: int, generator: torch.Generator,
+                jitter: dict | None = None) -> torch.Tensor:
     """One SimCLR view of a uint8 or float batch: random resized crop, horizontal flip, colour jitter."""
     x = random_resized_crop(to_float(images), size, generator)
     x = random_horizontal_flip(x, generator)

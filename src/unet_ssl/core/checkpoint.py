@@ -39,11 +39,12 @@ def load(path: Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or unsafe files
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read with torch.load(weights_only=True): {reason}") from None
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read with torch.load(weights_only=True): {reason}") from None
     version = ckpt.get("format_version") if isinstance(ckpt, dict) else None
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {version}; this unet-ssl reads version {FORMAT_VERSION} "
-                              "(re-run the stage that writes it)")
+        raise CheckpointError(f"checkpoint {path} has format version {version}; this unet-ssl reads version "
+                              f"{FORMAT_VERSION} (re-run the stage that writes it)")
     return ckpt
 
 
@@ -94,7 +95,8 @@ def resume_key(params: dict, read: list[str], inputs: dict[str, Path]) -> dict:
 def _flat(value: object, prefix: str = "") -> dict[str, object]:
     if not isinstance(value, dict):
         return {prefix: value}
-    return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}." if isinstance(item, dict) else f"{prefix}{key}").items()}
+    return {k: v for key, item in value.items()
+            for k, v in _flat(item, f"{prefix}{key}." if isinstance(item, dict) else f"{prefix}{key}").items()}
 
 
 def key_differences(saved: dict | None, wanted: dict) -> list[str]:
@@ -138,14 +140,16 @@ def arch_of(ckpt: dict, path: Path) -> UNetConfig:
     try:
         return UNetConfig.from_dict(ckpt["arch"])
     except (KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {path} carries no usable architecture config ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"checkpoint {path} carries no usable architecture config ({type(e).__name__}: {e})") from None
 
 
 def check_arch(ckpt_arch: dict, wanted: UNetConfig, path: Path, ignore: tuple[str, ...] = ()) -> None:
     """Fails with a message naming every architecture field that differs."""
     have = arch_of({"arch": ckpt_arch}, path).to_dict()
     want = wanted.to_dict()
-    diffs = [f"{k}: checkpoint has {have[k]}, requested {want[k]}" for k in want if k not in ignore and have[k] != want[k]]
+    diffs = [f"{k}: checkpoint has {have[k]}, requested {want[k]}"
+             for k in want if k not in ignore and have[k] != want[k]]
     if diffs:
         raise CheckpointError(f"checkpoint {path} does not match the requested architecture: " + "; ".join(diffs))
 

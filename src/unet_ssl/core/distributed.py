@@ -88,8 +88,8 @@ def mean_over_ranks(value: float) -> float:
     ctx = context()
     if not ctx.active:
         return value
-    t = torch.tensor([value], dtype=torch.float64,
-                     device=torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu")
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.item() / ctx.world_size
 
@@ -107,7 +107,8 @@ def wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
     if device.type == "cuda":
         module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        return DistributedDataParallel(module, device_ids=[device.index if device.index is not None else ctx.local_rank])
+        index = device.index if device.index is not None else ctx.local_rank
+        return DistributedDataParallel(module, device_ids=[index])
     return DistributedDataParallel(module)
 
 

@@ -38,7 +38,8 @@ def predict(model: UNet, images: torch.Tensor, runtime: Runtime, batch_size: int
     return torch.cat(out) if out else torch.empty(0, *images.shape[2:], dtype=torch.long)
 
 
-def segment(model: torch.nn.Module, photos: list[torch.Tensor], runtime: Runtime, image_size: int) -> list[torch.Tensor]:
+def segment(model: torch.nn.Module, photos: list[torch.Tensor], runtime: Runtime,
+            image_size: int) -> list[torch.Tensor]:
     """One batch of uint8 photos (3, H, W) of any sizes -> class maps (H, W) at each photo's own size.
     Each photo is resized to the model's `image_size`; the logits, not the labels, are upsampled
     bilinearly to the photo's size before the argmax, so boundaries follow the model's confidence
@@ -49,7 +50,8 @@ def segment(model: torch.nn.Module, photos: list[torch.Tensor], runtime: Runtime
         with runtime.autocast():
             logits = model(runtime.batch(augment.to_float(x)))
         logits = logits.float()
-        return [F.interpolate(logits[i:i + 1], size=tuple(p.shape[1:]), mode="bilinear", align_corners=False)[0].argmax(0).cpu()
+        return [F.interpolate(logits[i:i + 1], size=tuple(p.shape[1:]), mode="bilinear",
+                              align_corners=False)[0].argmax(0).cpu()
                 for i, p in enumerate(photos)]
 
 

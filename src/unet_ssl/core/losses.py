@@ -13,7 +13,8 @@ def nt_xent_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> to
     under autocast.
     """
     if z_a.shape != z_b.shape or z_a.ndim != 2:
-        raise ValueError(f"expected two (N, D) tensors of the same shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+        raise ValueError(
+            f"expected two (N, D) tensors of the same shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
     n = z_a.shape[0]
     z = F.normalize(torch.cat([z_a, z_b]).float(), dim=1)
     logits = z @ z.T / temperature

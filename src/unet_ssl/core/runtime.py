@@ -89,7 +89,8 @@ def check_finite(loss: torch.Tensor, stage: str, epoch: int, step: int, last_fin
     `step` is the 0-based batch index within it; the message gives both 1-based, as the progress bar."""
     value = loss.item()
     if not math.isfinite(value):
-        before = f"last finite loss: {last_finite:.6g}" if last_finite is not None else "no finite loss before it in this run"
+        before = (f"last finite loss: {last_finite:.6g}" if last_finite is not None
+                  else "no finite loss before it in this run")
         raise NonFiniteLossError(
             f"{stage}: loss became {value} at epoch {epoch}, step {step + 1} ({before}); "
             "lower the learning rate or check the input data"

@@ -68,8 +68,8 @@ def pets_suites(manifest: pd.DataFrame, data_params: dict) -> list[Suite]:
     return [
         per_image,
         Suite("pets_split_sizes", sizes, size_expectations, id_column="split"),
-        Suite("pets_class_presence", presence, [E.ExpectColumnValuesToBeBetween(column="train_images_with_class", min_value=1)],
-              id_column="class"),
+        Suite("pets_class_presence", presence,
+              [E.ExpectColumnValuesToBeBetween(column="train_images_with_class", min_value=1)], id_column="class"),
     ]
 
 
@@ -118,7 +118,8 @@ def _exception_message(info: dict | None) -> str | None:
     info = info or {}
     if "exception_message" in info:
         return info["exception_message"]
-    return next((v["exception_message"] for v in info.values() if isinstance(v, dict) and v.get("exception_message")), None)
+    return next((v["exception_message"] for v in info.values()
+                 if isinstance(v, dict) and v.get("exception_message")), None)
 
 
 def run_suite(suite: Suite) -> list[dict]:
@@ -131,14 +132,16 @@ def run_suite(suite: Suite) -> list[dict]:
     gx_suite = context.suites.add(gx.ExpectationSuite(name=suite.name))
     for e in suite.expectations:
         gx_suite.add_expectation(e)
-    result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": [suite.id_column]} if suite.id_column else "SUMMARY"
+    result_format = ({"result_format": "COMPLETE", "unexpected_index_column_names": [suite.id_column]}
+                     if suite.id_column else "SUMMARY")
     rows = []
     for r in batch.validate(gx_suite, result_format=result_format).results:
         kwargs = r.expectation_config.kwargs
         rows.append({
             "suite": suite.name,
             "expectation": r.expectation_config.type,
-            "column": kwargs.get("column") or ",".join(str(kwargs[k]) for k in ("column_A", "column_B", "column_list") if k in kwargs),
+            "column": kwargs.get("column")
+            or ",".join(str(kwargs[k]) for k in ("column_A", "column_B", "column_list") if k in kwargs),
             "success": bool(r.success),
             "details": _details(r.result or {}, _exception_message(r.exception_info), suite.id_column),
         })

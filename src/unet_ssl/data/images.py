@@ -98,7 +98,8 @@ def decode_trimap(path: Path) -> torch.Tensor:
     unexpected = values - TRIMAP_VALUES
     if unexpected:
         hint = "; it looks already mapped to 0/1/2, the official files hold 1/2/3" if values <= {0, 1, 2} else ""
-        raise BadInputError(path, f"trimap has values {sorted(unexpected)} outside the official 1 (pet), 2 (background), 3 (border){hint}")
+        raise BadInputError(path, f"trimap has values {sorted(unexpected)} outside the official 1 (pet), "
+                                  f"2 (background), 3 (border){hint}")
     return torch.from_numpy(arr.astype(np.uint8))
 
 

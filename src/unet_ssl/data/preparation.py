@@ -71,7 +71,8 @@ def _stem(path: Path) -> str:
     return unicodedata.normalize("NFC", path.stem)
 
 
-def _files_by_stem(folder: Path, suffixes: set[str], kind: str, report: InputReport) -> tuple[dict[str, list[Path]], dict[str, Path]]:
+def _files_by_stem(folder: Path, suffixes: set[str], kind: str,
+                   report: InputReport) -> tuple[dict[str, list[Path]], dict[str, Path]]:
     """The files of `folder` with an accepted suffix, by stem; everything else is listed as ignored
     and returned by stem too (to explain a missing partner)."""
     wanted: dict[str, list[Path]] = {}
@@ -95,14 +96,17 @@ def find_pairs(pets_dir: Path, report: InputReport) -> list[tuple[str, Path, Pat
     images_dir, trimaps_dir = pets_dir / "images", pets_dir / "annotations" / "trimaps"
     for d in (images_dir, trimaps_dir):
         if not d.is_dir():
-            raise BadInputError(d, "folder is missing; expected the Oxford-IIIT Pet layout (images/, annotations/trimaps/)")
+            raise BadInputError(
+                d, "folder is missing; expected the Oxford-IIIT Pet layout (images/, annotations/trimaps/)")
     images, other_images = _files_by_stem(images_dir, IMAGE_SUFFIXES, "an image", report)
     trimaps, other_trimaps = _files_by_stem(trimaps_dir, {".png"}, "a PNG trimap", report)
     if not images:
-        ignored = f" ({len(other_images)} other files, e.g. {next(iter(other_images.values())).name})" if other_images else ""
+        ignored = (f" ({len(other_images)} other files, e.g. {next(iter(other_images.values())).name})"
+                   if other_images else "")
         raise BadInputError(images_dir, f"folder holds no images{ignored}")
     if not trimaps:
-        ignored = f" ({len(other_trimaps)} other files, e.g. {next(iter(other_trimaps.values())).name})" if other_trimaps else ""
+        ignored = (f" ({len(other_trimaps)} other files, e.g. {next(iter(other_trimaps.values())).name})"
+                   if other_trimaps else "")
         raise BadInputError(trimaps_dir, f"folder holds no trimaps (.png){ignored}")
     pairs = []
     for stem in sorted(images.keys() | trimaps.keys()):
@@ -110,7 +114,8 @@ def find_pairs(pets_dir: Path, report: InputReport) -> list[tuple[str, Path, Pat
         if len(found) > 1:
             names = ", ".join(p.name for p in found)
             for p in found:
-                report.bad(BadInputError(p, f"{len(found)} images share the name {stem!r} ({names}); keep one so it pairs with its trimap"))
+                report.bad(BadInputError(p, f"{len(found)} images share the name {stem!r} ({names}); "
+                                            "keep one so it pairs with its trimap"))
             for t in trimap:
                 report.add(t, "skipped", f"its image is ambiguous ({names})")
         elif not trimap:
@@ -141,8 +146,9 @@ def prepare_pets(raw_dir: Path, out_dir: Path, params: dict, seed: int) -> pd.Da
             decoded = decode_rgb(image_path)
             trimap = decode_trimap(trimap_path)
             if tuple(trimap.shape) != tuple(decoded.pixels.shape[1:]):
-                raise BadInputError(trimap_path, f"trimap size {tuple(trimap.shape[::-1])} differs from image size "
-                                                 f"{tuple(decoded.pixels.shape[:0:-1])} of {image_path.name} (width, height)")
+                raise BadInputError(trimap_path,
+                                    f"trimap size {tuple(trimap.shape[::-1])} differs from image size "
+                                    f"{tuple(decoded.pixels.shape[:0:-1])} of {image_path.name} (width, height)")
         except BadInputError as e:
             report.bad(e)
             continue
@@ -229,7 +235,8 @@ def prepare_pretrain(raw_dir: Path, out_dir: Path, params: dict, seed: int) -> p
                 if Path(m.name).suffix.lower() in IMAGE_SUFFIXES:
                     entries.append((shard, m.name))
                 else:
-                    report.add(f"{shard}:{m.name}", "ignored", f"not an image file (suffix {Path(m.name).suffix or 'none'})")
+                    report.add(f"{shard}:{m.name}", "ignored",
+                               f"not an image file (suffix {Path(m.name).suffix or 'none'})")
     if params.get("exclude_pets"):
         entries = [e for e in entries if Path(e[1]).name.split("_")[0] not in pet_wnids]
     g = torch.Generator().manual_seed(seed)
@@ -258,7 +265,8 @@ def prepare_pretrain(raw_dir: Path, out_dir: Path, params: dict, seed: int) -> p
                     progress.update()
                 if decoded.converted:
                     report.add(where, "converted", conversion_note(decoded.original_mode))
-                pixels = decoded.pixels if tuple(decoded.pixels.shape[1:]) == (size, size) else resize_image(decoded.pixels, size)
+                same_size = tuple(decoded.pixels.shape[1:]) == (size, size)
+                pixels = decoded.pixels if same_size else resize_image(decoded.pixels, size)
                 images.append(pixels)
                 rows.append({"shard": shard.name, "member": member.name, "wnid": Path(member.name).name.split("_")[0],
                              "original_mode": decoded.original_mode, "sha256": hashlib.sha256(data).hexdigest()})
@@ -266,7 +274,8 @@ def prepare_pretrain(raw_dir: Path, out_dir: Path, params: dict, seed: int) -> p
     report_file = out_dir / "pretrain_input_report.csv"
     report.check(report_file)
     if not images:
-        raise BadInputError(pretrain_dir, f"no usable pretraining images ({len(report.problems)} unusable files skipped)")
+        raise BadInputError(pretrain_dir,
+                            f"no usable pretraining images ({len(report.problems)} unusable files skipped)")
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"images": torch.stack(images)}, out_dir / "pretrain.pt")
     manifest = pd.DataFrame(rows)
@@ -294,5 +303,6 @@ def _members(shard: Path, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
         raise BadInputError(shard, f"tar archive is truncated or corrupt ({e})") from None
     if len(tail) < tarfile.BLOCKSIZE or any(tail):
         after = f"after member {members[-1].name}" if members else "at its start"
-        raise BadInputError(shard, f"tar archive is truncated or corrupt {after} (no end-of-archive block at byte {end})")
+        raise BadInputError(shard,
+                            f"tar archive is truncated or corrupt {after} (no end-of-archive block at byte {end})")
     return members

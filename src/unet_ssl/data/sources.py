@@ -21,8 +21,8 @@ def check_layout(source: Path) -> None:
         raise BadInputError(source, "folder does not exist")
     missing = [p for p in LAYOUT if not (source / p).is_dir()]
     if missing:
-        raise BadInputError(source, f"not in the expected layout; missing {', '.join(missing)} "
-                                    "(expected oxford-iiit-pet/images, oxford-iiit-pet/annotations/trimaps and pretrain/*.tar)")
+        raise BadInputError(source, f"not in the expected layout; missing {', '.join(missing)} (expected "
+                                    "oxford-iiit-pet/images, oxford-iiit-pet/annotations/trimaps and pretrain/*.tar)")
 
 
 def copy_tree(source: Path, dest: Path = RAW) -> None:
@@ -71,7 +71,8 @@ def download_pets(dest: Path = RAW) -> None:
     try:
         from torchvision.datasets import OxfordIIITPet
     except ImportError as e:
-        raise RuntimeError(f"`unet-ssl data download` needs torchvision ({e}); pip install 'unet-ssl[vision]'") from None
+        raise RuntimeError(
+            f"`unet-ssl data download` needs torchvision ({e}); pip install 'unet-ssl[vision]'") from None
     dest.mkdir(parents=True, exist_ok=True)
     for split in ("trainval", "test"):
         OxfordIIITPet(str(dest), split=split, target_types="segmentation", download=True)

@@ -21,13 +21,13 @@ def run(params: dict) -> None:
     generator = seed_everything(params["seed"])
     pets = load_tensors(PETS)
     if pets["images"].shape[-1] != cfg.image_size:
-        raise ValueError(f"{PETS} holds {pets['images'].shape[-1]}px images but finetune.image_size is {cfg.image_size}; "
-                         "set data.image_size to the same value")
+        raise ValueError(f"{PETS} holds {pets['images'].shape[-1]}px images but finetune.image_size is "
+                         f"{cfg.image_size}; set data.image_size to the same value")
     train_idx = subset_indices(split_indices(pets["split"], "train"), cfg.subset, params["seed"])
     val_idx = split_indices(pets["split"], "val")
     pretrained = checkpoint.load(PRETRAINED)
-    tags = {"method": pretrained["method"], "freeze_encoder": cfg.freeze_encoder, "skip_connections": cfg.skip_connections,
-            "subset": cfg.subset, "seed": params["seed"]}
+    tags = {"method": pretrained["method"], "freeze_encoder": cfg.freeze_encoder,
+            "skip_connections": cfg.skip_connections, "subset": cfg.subset, "seed": params["seed"]}
     with stage_run("finetune", params, tags) as run:
         run.log_metrics({"n_train": len(train_idx), "n_val": len(val_idx)})
         run.log_data("pets", PETS, "training")
@@ -44,12 +44,12 @@ def run(params: dict) -> None:
         METRICS.mkdir(exist_ok=True)
         pd.DataFrame(result["history"]).to_csv(METRICS / "finetune_history.csv", index=False)
         run.log_metrics({"finetune_seconds": seconds, "selected_epoch": result["selected_epoch"]})
-        run.log_to_pipeline({"best_val_jaccard": max((r.get("val_jaccard", float("nan")) for r in result["history"]), default=float("nan"))})
+        best = max((r.get("val_jaccard", float("nan")) for r in result["history"]), default=float("nan"))
+        run.log_to_pipeline({"best_val_jaccard": best})
         run.log_artifact(FINETUNED, "checkpoints")
         model = UNet(UNetConfig.from_dict(result["arch"]))
         model.load_state_dict(result["model"])
         run.log_pytorch_model(model, cfg.image_size)
-    best = max((r.get("val_jaccard", float("nan")) for r in result["history"]), default=float("nan"))
     print(f"finetune: {len(train_idx)} training images ({cfg.subset:.0%} of the labelled set), {cfg.epochs} epochs, "
           f"encoder {'frozen' if cfg.freeze_encoder else 'trained'}, skips {'on' if cfg.skip_connections else 'off'}; "
           f"best val Jaccard {best:.3f} at epoch {result['selected_epoch']}, {seconds:.0f}s")

@@ -52,5 +52,6 @@ def run_pretrain(params: dict) -> None:
         manifest = prepare_pretrain(Path(data["raw_dir"]), PRETRAIN_IMAGES.parent, data, data["split_seed"])
         run.log_metrics({"n_images": len(manifest), "n_classes": manifest["wnid"].nunique()})
         counts = log_input_report(run, PRETRAIN_IMAGES.parent / "pretrain_input_report.csv")
+    summary_line = summary(counts, PRETRAIN_IMAGES.parent / "pretrain_input_report.csv")
     print(f"prepare_pretrain: {len(manifest)} unlabelled images of {manifest['wnid'].nunique()} classes "
-          f"at {data['pretrain_image_size']}px; {summary(counts, PRETRAIN_IMAGES.parent / 'pretrain_input_report.csv')}")
+          f"at {data['pretrain_image_size']}px; {summary_line}")

@@ -47,7 +47,8 @@ def _run(params: dict, ctx: distributed.Context) -> None:
             checkpoint.save_atomic(result, PRETRAINED)
             resume.unlink(missing_ok=True)
             METRICS.mkdir(exist_ok=True)
-            pd.DataFrame(result["history"], columns=["epoch", "loss"]).to_csv(METRICS / "pretrain_history.csv", index=False)
+            history = pd.DataFrame(result["history"], columns=["epoch", "loss"])
+            history.to_csv(METRICS / "pretrain_history.csv", index=False)
             run.log_metrics({"pretrain_seconds": seconds})
             run.log_artifact(PRETRAINED, "checkpoints")
     distributed.barrier()  # no rank exits while rank 0 still writes

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "unet-ssl"
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens the Model training view
-EXECUTION_ENV = "UNET_SSL_EXECUTION"  # overrides the execution id (tests, scripts making several executions in one process)
+# Overrides the execution id (tests, scripts making several executions in one process).
+EXECUTION_ENV = "UNET_SSL_EXECUTION"
 UNKNOWN = "unknown"
 CHUNK = 1 << 20
 DIGEST = 12  # hex digits of a dataset digest shown in the UI (MLflow suggests 8-10, keeps at most 36)
@@ -168,7 +169,8 @@ def _dvc_md5(path: Path) -> tuple[str, str] | None:
             for out in outs:
                 if (folder / str(out.get("path", ""))).resolve() != path or "md5" not in out:
                     continue
-                if path.is_dir() and "nfiles" in out and out["nfiles"] != sum(1 for p in path.rglob("*") if p.is_file()):
+                if path.is_dir() and "nfiles" in out and out["nfiles"] != sum(
+                        1 for p in path.rglob("*") if p.is_file()):
                     log.warning("%s does not match %s (file count differs): hashing the files instead", path, dvc_file)
                     return None
                 return str(out["md5"]).removesuffix(".dir"), dvc_file.name
@@ -203,7 +205,8 @@ def data_version(paths: Path | str | list) -> dict[str, str]:
             raise FileNotFoundError(item)
     listing = "".join(f"{sha256_file(p)}  {name}\n" for name, p in sorted(files))
     sha = hashlib.sha256(listing.encode()).hexdigest()
-    return {"digest": sha[:DIGEST], "sha256": sha, "files": str(len(files)), "bytes": str(sum(p.stat().st_size for _, p in files))}
+    return {"digest": sha[:DIGEST], "sha256": sha, "files": str(len(files)),
+            "bytes": str(sum(p.stat().st_size for _, p in files))}
 
 
 # --- executions ---------------------------------------------------------------------------------------
@@ -463,7 +466,8 @@ def summary_metrics(prefix: str, scores: dict, class_names: list[str]) -> dict:
         for name, value in zip(class_names, scores["per_class"][metric]):
             out[f"{prefix}{metric}_{name}"] = value
     if "paper_style" in scores:
-        out |= {f"{prefix}paper_f1": scores["paper_style"]["f1"], f"{prefix}paper_jaccard": scores["paper_style"]["jaccard"]}
+        out |= {f"{prefix}paper_f1": scores["paper_style"]["f1"],
+                f"{prefix}paper_jaccard": scores["paper_style"]["jaccard"]}
     return out
 
 
@@ -545,7 +549,8 @@ def stage_run(stage: str, params: dict, tags: dict | None = None):
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
         "pipeline_group": key,
         "execution": execution.id,
-        **({"dvc_exp_baseline_rev": os.environ["DVC_EXP_BASELINE_REV"]} if os.environ.get("DVC_EXP_BASELINE_REV") else {}),
+        **({"dvc_exp_baseline_rev": os.environ["DVC_EXP_BASELINE_REV"]}
+           if os.environ.get("DVC_EXP_BASELINE_REV") else {}),
     }
     flat = flatten(params)
     _end_stale_runs(mlflow, experiment_id)

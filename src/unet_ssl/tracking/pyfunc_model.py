@@ -38,7 +38,9 @@ class PetsSegmenter(mlflow.pyfunc.PythonModel):
         maps = []
         for i in range(0, len(photos), CHUNK):
             maps += segment(self.model, list(photos[i:i + CHUNK]), self.runtime, self.image_size)
-        return np.stack([classes_to_trimap(m).numpy() for m in maps]) if maps else np.empty((0, *batch.shape[1:3]), np.uint8)
+        if not maps:
+            return np.empty((0, *batch.shape[1:3]), np.uint8)
+        return np.stack([classes_to_trimap(m).numpy() for m in maps])
 
 
 mlflow.models.set_model(PetsSegmenter())
