@@ -22,7 +22,8 @@ SAMPLE = REPO / "sample"
 SAMPLE_PETS = SAMPLE / "oxford-iiit-pet"
 SAMPLE_PRETRAIN = SAMPLE / "pretrain"
 # A few real pairs of each breed of the sample, for tests that need a small but realistic folder.
-SMALL_PETS = ["Abyssinian_11", "Abyssinian_140", "Bengal_129", "Bengal_135", "american_bulldog_128", "american_bulldog_140"]
+SMALL_PETS = ["Abyssinian_11", "Abyssinian_140", "Bengal_129", "Bengal_135", "american_bulldog_128",
+              "american_bulldog_140"]
 
 PHOTO = SAMPLE_PETS / "images" / "Bengal_129.jpg"
 MATLAB_FILE = SAMPLE_PETS / "images" / "Abyssinian_100.mat"

@@ -116,7 +116,8 @@ def test_params_after_the_subcommand(tmp_path, monkeypatch, capsys):
     assert parser.parse_args(["tune", "--params", "d.yaml", "--n-trials", "0"]).params == "d.yaml"
     bad = write_params(tmp_path, {"finetune.subset": 2}, name="other.yaml")
     monkeypatch.chdir(tmp_path)
-    assert error_of(["finetune", "--params", str(bad)], capsys).startswith(f"unet-ssl finetune: error: {bad}: finetune.subset")
+    error = error_of(["finetune", "--params", str(bad)], capsys)
+    assert error.startswith(f"unet-ssl finetune: error: {bad}: finetune.subset")
 
 
 @pytest.mark.parametrize("given, meant", [("both", ("off", "on")), ("on", ("on",)), ("off", ("off",)),
@@ -136,7 +137,8 @@ def test_bench_rejects_unknown_values(capsys, option, value, named):
         build_parser().parse_args(["bench", option, value])
     assert exit_info.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    assert len(errors) == 1 and errors[0].startswith(f"unet-ssl bench: error: argument {option}: ") and named in errors[0]
+    assert len(errors) == 1 and errors[0].startswith(f"unet-ssl bench: error: argument {option}: ")
+    assert named in errors[0]
 
 
 def test_bench_lists_reach_the_config():
@@ -162,4 +164,5 @@ def test_exps_table_fits_the_width():
     assert lines[0].startswith("experiment    created           test jaccard  test f1  finetune.long_param_name_0")
     assert lines[2].split() == ["workspace", "-", "0.5682", "0.7064", "0.01", "0.01"]  # two 26-char params fit
     assert lines[4].split()[:4] == ["campy-grig", "2026-11-30", "06:03", "0.5"]
-    assert "also differ (not shown at 120 columns): finetune.long_param_name_2, finetune.long_param_name_3" in " ".join(lines[5:])
+    hidden = "also differ (not shown at 120 columns): finetune.long_param_name_2, finetune.long_param_name_3"
+    assert hidden in " ".join(lines[5:])

@@ -58,9 +58,11 @@ def command_entry(cmd: str) -> set[str]:
     assert argv[0] == "unet-ssl", f"stage command {cmd!r} does not start with unet-ssl"
     handler = cli.build_parser().parse_args(argv[1:]).func
     cli_tree = ast.parse(module_file("unet_ssl.cli").read_text())
-    top_level = ast.Module(body=[n for n in cli_tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
+    top_level = ast.Module(body=[n for n in cli_tree.body if isinstance(n, (ast.Import, ast.ImportFrom))],
+                           type_ignores=[])
     entry = imported_modules(top_level)
-    function = next((n for n in ast.walk(cli_tree) if isinstance(n, ast.FunctionDef) and n.name == handler.__name__), None)
+    function = next((n for n in ast.walk(cli_tree)
+                     if isinstance(n, ast.FunctionDef) and n.name == handler.__name__), None)
     if function is not None:
         entry |= imported_modules(function)
     for cell in handler.__closure__ or ():
@@ -91,7 +93,8 @@ def test_every_loaded_source_file_is_a_dep(pipeline, name, stage):
     missing = sorted(str(f.relative_to(REPO)) for f in loaded
                      if not any(f == d or d in f.parents for d in deps))
     print(f"{pipeline}:{name}: {len(loaded)} source files loaded, all declared" if not missing else "")
-    assert not missing, f"{pipeline} stage {name!r} ({stage['cmd']}) loads files it does not declare as deps: {missing}"
+    assert not missing, (f"{pipeline} stage {name!r} ({stage['cmd']}) loads files it does not declare as deps: "
+                         f"{missing}; rewrite the deps with `python scripts/sync_dvc_deps.py` and review the diff")
 
 
 def test_the_derivation_finds_what_finetune_loads():

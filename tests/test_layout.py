@@ -186,6 +186,15 @@ def test_tests_mirror_the_package_folders():
     fail_with("test files outside the package's folders", problems)
 
 
+def test_tests_share_helpers_only_through_conftest():
+    """A test module importing another (`from test_x import helper`) runs that module's tests' imports and
+    couples them; shared helpers live in tests/conftest.py."""
+    problems = [f"{rel(path)}:{line}: [test-helpers] imports {module}; move what it needs into tests/conftest.py"
+                for path in sorted((REPO / "tests").rglob("*.py"))
+                for line, module, _ in imports(path) if module.split(".")[0].startswith("test_")]
+    fail_with("a test module imports another test module", problems)
+
+
 def test_the_checks_catch_what_they_should(tmp_path, monkeypatch):
     """The checks are not vacuous: a planted upward import, a planted private import and a planted PIL
     import in core/ are each reported with their file and line."""

@@ -30,9 +30,11 @@ def test_repro_writes_metrics_report_and_mlflow_runs(pipeline_repo):
     # every stage run is nested under one pipeline run, which carries the test scores
     parents = mlflow_rows(repo, "select run_uuid from tags where key = 'role' and value = 'pipeline'")
     assert len(parents) == 1
-    children = mlflow_rows(repo, f"select count(*) from tags where key = 'mlflow.parentRunId' and value = '{parents[0][0]}'")
+    children = mlflow_rows(
+        repo, f"select count(*) from tags where key = 'mlflow.parentRunId' and value = '{parents[0][0]}'")
     assert children[0][0] >= 7
-    metric = mlflow_rows(repo, f"select value from latest_metrics where key = 'test_jaccard' and run_uuid = '{parents[0][0]}'")
+    metric = mlflow_rows(
+        repo, f"select value from latest_metrics where key = 'test_jaccard' and run_uuid = '{parents[0][0]}'")
     assert metric and metric[0][0] == pytest.approx(scores["jaccard"])
     # the fine-tuned model is logged with MLflow's PyTorch flavour, per-epoch metrics are there
     epochs = yaml.safe_load((repo / "params.yaml").read_text())["finetune"]["epochs"]
@@ -56,7 +58,8 @@ def test_main_reproduces_its_committed_records(pipeline_repo):
     for stage in committed:
         code = [{d["path"]: d["md5"] for d in lock[stage].get("deps", []) if d["path"].startswith("src/")}
                 for lock in (committed, produced)]
-        assert code[1] == code[0], f"stage {stage}: committed dvc.lock was made by other code; run `dvc repro` and commit"
+        assert code[1] == code[0], (f"stage {stage}: committed dvc.lock was made by other code; "
+                                    "run `dvc repro` and commit")
         assert produced[stage].get("params") == committed[stage].get("params"), f"stage {stage}: other params"
     want, got = (numbers(json.loads((root / "metrics" / "evaluate.json").read_text())) for root in (REPO, repo))
     assert got.keys() == want.keys()

@@ -60,7 +60,8 @@ def shell(repo: Path, command: str, check: bool = True) -> subprocess.CompletedP
     done = subprocess.run(["bash", "--noprofile", "--norc", "-c", f"{activate} && {command}"], cwd=repo,
                           env=new_shell_env(), capture_output=True, text=True)
     if check:
-        assert done.returncode == 0, f"{command} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        assert done.returncode == 0, (f"{command} failed ({done.returncode}):\n"
+                                      f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done
 
 

@@ -39,7 +39,8 @@ def test_flip_flips_some_samples_exactly():
 
 def test_colour_jitter_with_zero_strength_is_the_identity_and_hsv_round_trips():
     x = augment.to_float(images())
-    same = augment.color_jitter(x, torch.Generator().manual_seed(0), brightness=0, contrast=0, saturation=0, hue=0, p=1.0)
+    same = augment.color_jitter(x, torch.Generator().manual_seed(0), brightness=0, contrast=0, saturation=0, hue=0,
+                                p=1.0)
     torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
     torch.testing.assert_close(augment._hsv_to_rgb(augment._rgb_to_hsv(x)), x, atol=1e-5, rtol=0)
 

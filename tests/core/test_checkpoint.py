@@ -124,7 +124,8 @@ def test_simclr_encoder_from_a_no_skip_run_fits_a_skip_unet(photos):
     assert encoder and all(torch.equal(model.state_dict()[k], v) for k, v in encoder.items())
 
 
-def test_cli_finetune_from_mismatched_checkpoint_exits_1_with_the_difference(mae_no_skip, make_workspace, mlflow_client, capsys):
+def test_cli_finetune_from_mismatched_checkpoint_exits_1_with_the_difference(mae_no_skip, make_workspace,
+                                                                             mlflow_client, capsys):
     ws = make_workspace({"data.image_size": 32, "finetune.image_size": 32, "finetune.skip_connections": True,
                          "finetune.epochs": 1, "runtime.device": "cpu"}, pets=SMALL_PETS, pretrain=False)
     prepare_pets(ws / "data" / "raw", ws / "data" / "prepared" / "pets",

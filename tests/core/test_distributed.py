@@ -93,8 +93,8 @@ def _worker(rank: int, init_file: str, photos: torch.Tensor, out_dir: str) -> No
         epochs_seen = []
         checkpoint = pretrain(photos, CFG, True, CPU_FP32, torch.Generator().manual_seed(0), resume_path=resume,
                               on_epoch=lambda epoch, row: epochs_seen.append(epoch))
-        results["pretrain"] = {"model": checkpoint["model"], "history": checkpoint["history"], "epochs_seen": epochs_seen,
-                               "resume_exists_after_training": resume.is_file()}
+        results["pretrain"] = {"model": checkpoint["model"], "history": checkpoint["history"],
+                               "epochs_seen": epochs_seen, "resume_exists_after_training": resume.is_file()}
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -214,8 +214,8 @@ def test_torchrun_pretrain_stage(tmp_path):
     for step in (["data", "sample", "--no-dvc"], ["prepare-pretrain"]):
         subprocess.run([*cli, *params, *step], cwd=repo, env=env, check=True, capture_output=True)
     (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("epochs: 3", "epochs: 1", 1))
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "unet_ssl", "pretrain"],
-                         cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "unet_ssl", "pretrain"]
+    out = subprocess.run(torchrun, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 processes" in out.stdout and out.stdout.count("pretrain: ") == 1
     assert (repo / "checkpoints" / "pretrained.pt").is_file()

@@ -57,7 +57,8 @@ def test_a_frozen_encoder_leaves_finetune_bit_identical(pets, pretrained, select
     before, after = encoder_part(pretrained["model"]), encoder_part(result["model"])
     assert before.keys() == after.keys() and any(k.endswith("running_var") for k in after)
     assert all(torch.equal(before[k], after[k]) for k in before)
-    decoder_changed = [k for k, v in result["model"].items() if k.startswith("decoder.") and not torch.equal(v, pretrained["model"][k])]
+    decoder_changed = [k for k, v in result["model"].items()
+                       if k.startswith("decoder.") and not torch.equal(v, pretrained["model"][k])]
     assert decoder_changed  # the same run did train the rest of the network
 
 

@@ -60,7 +60,8 @@ def dice_by_hand(logits: np.ndarray, target: np.ndarray, eps: float = 1.0) -> fl
 def test_dice_loss_matches_a_numpy_formulation():
     g = torch.Generator().manual_seed(2)
     logits, target = torch.randn(3, 3, 8, 8, generator=g), torch.randint(0, 3, (3, 8, 8), generator=g)
-    assert dice_loss(logits, target).item() == pytest.approx(dice_by_hand(logits.double().numpy(), target.numpy()), rel=1e-5)
+    by_hand = dice_by_hand(logits.double().numpy(), target.numpy())
+    assert dice_loss(logits, target).item() == pytest.approx(by_hand, rel=1e-5)
 
 
 def test_dice_loss_is_near_zero_for_a_confident_correct_prediction_and_high_for_a_wrong_one():

@@ -10,7 +10,8 @@ from unet_ssl.core.metrics import ConfusionMatrix, PaperStyleScores, segmentatio
 
 def random_maps(seed: int, n: int = 4, size: int = 16, classes: int = 3):
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, classes, (n, size, size), generator=g), torch.randint(0, classes, (n, size, size), generator=g)
+    return (torch.randint(0, classes, (n, size, size), generator=g),
+            torch.randint(0, classes, (n, size, size), generator=g))
 
 
 @pytest.mark.parametrize("seed", range(3))

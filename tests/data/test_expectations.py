@@ -50,9 +50,12 @@ def test_suites_pass_on_the_bundled_sample(sample_prepared):
     checked = {(r["expectation"], r["column"]) for r in rows}
     for check in [("expect_column_values_to_be_between", "splits_of_photo"),
                   ("expect_column_pair_values_to_be_equal", "width,mask_width"),
-                  ("expect_column_values_to_be_in_set", "mode"), ("expect_column_values_to_match_regex", "trimap_values"),
-                  ("expect_column_values_to_match_regex", "class_values"), ("expect_column_values_to_be_between", "count"),
-                  ("expect_column_values_to_be_between", "train_images_with_class"), ("expect_column_values_to_not_be_null", "mask_file")]:
+                  ("expect_column_values_to_be_in_set", "mode"),
+                  ("expect_column_values_to_match_regex", "trimap_values"),
+                  ("expect_column_values_to_match_regex", "class_values"),
+                  ("expect_column_values_to_be_between", "count"),
+                  ("expect_column_values_to_be_between", "train_images_with_class"),
+                  ("expect_column_values_to_not_be_null", "mask_file")]:
         assert check in checked
 
 

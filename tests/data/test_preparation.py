@@ -158,7 +158,8 @@ CASES = [
     Case("corrupt_jpeg", "JPEG with 2,000 bytes of its picture data overwritten",
          lambda p: write_bytes(images(p) / f"{A}.jpg", damaged("corrupt_scan")), "unusable", "broken data stream", A),
     Case("corrupt_jpeg_header", "JPEG with its header tables zeroed",
-         lambda p: write_bytes(images(p) / f"{A}.jpg", damaged("corrupt_header")), "unusable", "not a recognised image format", A),
+         lambda p: write_bytes(images(p) / f"{A}.jpg", damaged("corrupt_header")), "unusable",
+         "not a recognised image format", A),
     Case("truncated", "JPEG cut to half its bytes",
          lambda p: write_bytes(images(p) / f"{A}.jpg", damaged("truncated")), "unusable", "image file is truncated", A),
     Case("zero_byte", "image file of 0 bytes",
@@ -167,23 +168,28 @@ CASES = [
          lambda p: write_bytes(images(p) / f"{A}.jpg", (SAMPLE_PETS / "images" / "Abyssinian_100.mat").read_bytes()),
          "unusable", "not a recognised image format", A),
     Case("mask_values", "trimap with pixels painted 0 and 4",
-         lambda p: paint_trimap(p, B), "unusable", "trimap has values [0, 4] outside the official 1 (pet), 2 (background), 3 (border)", B),
+         lambda p: paint_trimap(p, B), "unusable",
+         "trimap has values [0, 4] outside the official 1 (pet), 2 (background), 3 (border)", B),
     Case("rgb_trimap", "trimap saved as a 3-channel RGB PNG",
          lambda p: rgb_trimap(p, B), "unusable", "trimap has mode RGB; expected a single-channel PNG", B),
     Case("size_mismatch", "trimap resized to half the image's size",
          lambda p: shrink_trimap(p, C), "unusable", "differs from image size", C),
     Case("image_without_mask", "trimap deleted",
-         lambda p: remove_partner(trimaps(p) / f"{C}.png", images(p) / f"{C}.jpg"), "unusable", "image has no trimap", C),
+         lambda p: remove_partner(trimaps(p) / f"{C}.png", images(p) / f"{C}.jpg"), "unusable",
+         "image has no trimap", C),
     Case("mask_without_image", "image deleted",
-         lambda p: remove_partner(images(p) / f"{C}.jpg", trimaps(p) / f"{C}.png"), "unusable", "trimap has no image", C),
+         lambda p: remove_partner(images(p) / f"{C}.jpg", trimaps(p) / f"{C}.png"), "unusable",
+         "trimap has no image", C),
     Case("trimap_as_jpeg", "trimap saved as JPEG instead of PNG",
          lambda p: trimap_as_jpeg(p, C), "unusable", "but trimaps must be PNG", C),
     Case("duplicate_name", "the same photo also saved as <name>.png beside <name>.jpg",
          lambda p: add_duplicate_stem(p, A), "unusable", "2 images share the name", A),
     Case("grayscale", "photo converted to grayscale (L) JPEG",
-         lambda p: replace_image(p, A, lambda im: im.convert("L"), ".jpg", "JPEG"), "converted", "mode L converted to RGB", A),
+         lambda p: replace_image(p, A, lambda im: im.convert("L"), ".jpg", "JPEG"), "converted",
+         "mode L converted to RGB", A),
     Case("cmyk", "photo converted to CMYK JPEG",
-         lambda p: replace_image(p, A, lambda im: im.convert("CMYK"), ".jpg", "JPEG"), "converted", "mode CMYK converted to RGB", A),
+         lambda p: replace_image(p, A, lambda im: im.convert("CMYK"), ".jpg", "JPEG"), "converted",
+         "mode CMYK converted to RGB", A),
     Case("rgba", "photo saved as RGBA PNG",
          lambda p: replace_image(p, A, lambda im: im.convert("RGBA"), ".png", "PNG"), "converted",
          "mode RGBA converted to RGB (alpha channel dropped)", A),
@@ -201,7 +207,8 @@ CASES = [
          add_subfolder, "ignored", "a folder; subfolders are not searched"),
     Case("name_with_spaces", "pair renamed to 'Abyssinian 11 copy'",
          lambda p: rename_pair(p, A, "Abyssinian 11 copy"), "usable", "Abyssinian 11 copy", A),
-    Case("unicode_name", "pair renamed to 'Abyssinian_café_猫', the trimap's name in decomposed Unicode (as macOS writes it)",
+    Case("unicode_name",
+         "pair renamed to 'Abyssinian_café_猫', the trimap's name in decomposed Unicode (as macOS writes it)",
          lambda p: rename_pair(p, A, "Abyssinian_café_猫", trimap_form="NFD"), "usable", "Abyssinian_café_猫", A),
     Case("empty_images_folder", "every file of images/ deleted",
          lambda p: empty_folder(images(p)), "fatal", "folder holds no images"),
@@ -350,11 +357,13 @@ def test_pretraining_shard_members_are_named_converted_skipped_or_listed(tmp_pat
     with pytest.raises(BadInputError) as err:
         prepare_pretrain(raw, tmp_path / "prepared", {**PARAMS, "on_bad_input": "error"}, seed=0)
     skipped = [name for name, action in expected.items() if action == "skipped"]
-    assert str(err.value).startswith(f"{shard}:{skipped[0]}: ") and f"{shard}:{skipped[1]}: file is empty" in str(err.value)
+    assert str(err.value).startswith(f"{shard}:{skipped[0]}: ")
+    assert f"{shard}:{skipped[1]}: file is empty" in str(err.value)
     manifest = prepare_pretrain(raw, tmp_path / "prepared", {**PARAMS, "on_bad_input": "skip"}, seed=0)
     assert len(manifest) == 12 - 2
     report = pd.read_csv(tmp_path / "prepared" / "pretrain_input_report.csv")
-    assert dict(zip(report["file"], report["action"])) == {f"{shard}:{name}": action for name, action in expected.items()}
+    assert dict(zip(report["file"], report["action"])) == {
+        f"{shard}:{name}": action for name, action in expected.items()}
 
 
 def test_truncated_tar_shard_is_named(tmp_path):
@@ -380,7 +389,8 @@ def test_cli_prints_the_bad_file_and_exits_1(make_workspace, mlflow_client, caps
 
 
 def test_cli_skip_writes_versioned_report_and_logs_it_to_mlflow(make_workspace, mlflow_client, capsys, tmp_path):
-    make_workspace({"data.image_size": 32, "data.exclude": [], "data.on_bad_input": "skip"}, pets=SMALL_PETS, pretrain=False)
+    make_workspace({"data.image_size": 32, "data.exclude": [], "data.on_bad_input": "skip"}, pets=SMALL_PETS,
+                   pretrain=False)
     write_bytes(Path("data/raw/oxford-iiit-pet/images") / f"{A}.jpg", b"")
     replace_image(Path("data/raw/oxford-iiit-pet"), B, lambda im: im.convert("CMYK"), ".jpg", "JPEG")
     code, out, _ = run_cli(["prepare-pets"], capsys)
@@ -389,7 +399,8 @@ def test_cli_skip_writes_versioned_report_and_logs_it_to_mlflow(make_workspace, 
     assert dict(zip(report["file"], report["action"])) == {
         f"data/raw/oxford-iiit-pet/images/{A}.jpg": "skipped", f"data/raw/oxford-iiit-pet/images/{B}.jpg": "converted"}
     experiment = mlflow_client.get_experiment_by_name("unet-ssl").experiment_id
-    run = mlflow_client.search_runs([experiment], "tags.stage = 'prepare_pets'", order_by=["attributes.start_time DESC"])[0]
+    run = mlflow_client.search_runs([experiment], "tags.stage = 'prepare_pets'",
+                                    order_by=["attributes.start_time DESC"])[0]
     assert run.info.status == "FINISHED"
     assert (run.data.metrics["n_skipped"], run.data.metrics["n_converted"]) == (1, 1)
     logged = Path(mlflow_client.download_artifacts(run.info.run_id, "input_report/input_report.csv", str(tmp_path)))
@@ -406,7 +417,8 @@ def cli_outcome(case: Case, on_bad_input: str, make_workspace, capsys) -> tuple[
         rows = input_report(Path("data/prepared/pets")).itertuples()
         shown += "".join(f"<br>input_report.csv: `{r.file}`, {r.action}: {r.problem}" for r in rows)
     if code == 0 and case.outcome == "usable":
-        shown += "<br>pets_manifest.csv names: " + ", ".join(sorted(pd.read_csv("data/prepared/pets/pets_manifest.csv")["name"]))
+        names = pd.read_csv("data/prepared/pets/pets_manifest.csv")["name"]
+        shown += "<br>pets_manifest.csv names: " + ", ".join(sorted(names))
     return code, shown
 
 
@@ -416,11 +428,15 @@ def test_write_bad_input_report(make_workspace, mlflow_client, capsys):
     what the user sees to reports/bad_input.md."""
     cell = lambda code, text: f"exit {code}: " + text.replace("|", "\\|").replace("\n", "<br>")  # noqa: E731
     lines = ["# Bad input: what the user sees", "",
-             "Generated by `pytest -m slow tests/test_prepare.py::test_write_bad_input_report`: every row damages or converts",
-             f"a real sample file (of {len(SMALL_PETS)} real pairs) with Pillow, runs `unet-ssl prepare-pets` in a temporary",
-             "workspace, and records the exit code and the output (stderr on failure, the summary line and the input report",
+             "Generated by `pytest -m slow tests/test_prepare.py::test_write_bad_input_report`: "
+             "every row damages or converts",
+             f"a real sample file (of {len(SMALL_PETS)} real pairs) with Pillow, runs `unet-ssl prepare-pets` "
+             "in a temporary",
+             "workspace, and records the exit code and the output (stderr on failure, the summary line "
+             "and the input report",
              "rows on success). Paths are relative to the workspace.", "",
-             "| case | what was done to a real file | outcome | `data.on_bad_input: error` | `data.on_bad_input: skip` |",
+             "| case | what was done to a real file | outcome | `data.on_bad_input: error` "
+             "| `data.on_bad_input: skip` |",
              "|---|---|---|---|---|"]
     for case in CASES:
         error = cli_outcome(case, "error", make_workspace, capsys)

@@ -46,9 +46,11 @@ def test_full_size_masks_agree_with_evaluate(tmp_path: Path, capsys: pytest.Capt
         width, height = Image.open(photo).size
         assert mask.shape == (height, width) and set(np.unique(mask)) <= {1, 2, 3}
         assert Image.open(out / f"{photo.stem}_overlay.jpg").size == (width, height)
-        cm.update(torch.from_numpy(mask.astype(np.int64) - 1), trimap_to_classes(decode_trimap(TRIMAPS / f"{photo.stem}.png")).long())
+        truth = trimap_to_classes(decode_trimap(TRIMAPS / f"{photo.stem}.png")).long()
+        cm.update(torch.from_numpy(mask.astype(np.int64) - 1), truth)
     full_size = cm.scores()
-    main(["evaluate", "--checkpoint", str(MODEL), "--images", str(IMAGES), "--trimaps", str(TRIMAPS), "--out", str(scores_file)])
+    main(["evaluate", "--checkpoint", str(MODEL), "--images", str(IMAGES), "--trimaps", str(TRIMAPS),
+          "--out", str(scores_file)])
     at_128 = json.loads(scores_file.read_text())
     print(f"\nJaccard full size {full_size['jaccard']:.4f} vs evaluate at 128 px {at_128['jaccard']:.4f} "
           f"(diff {full_size['jaccard'] - at_128['jaccard']:+.4f}); F1 {full_size['f1']:.4f} vs {at_128['f1']:.4f}")
@@ -72,7 +74,8 @@ def test_bad_photos_are_named_and_skipped_on_request(tmp_path: Path, capsys: pyt
     assert "truncated.jpg" in err and "notes.jpg" in err and "2 unusable photos" in err and "--on-bad-input skip" in err
     assert not out.exists()  # nothing written when any photo is unusable
 
-    main(["predict", "--checkpoint", str(MODEL), "--out", str(out), "--on-bad-input", "skip", "--batch-size", "3", str(photos)])
+    main(["predict", "--checkpoint", str(MODEL), "--out", str(out), "--on-bad-input", "skip", "--batch-size", "3",
+          str(photos)])
     printed = capsys.readouterr().out
     assert "skipped" in printed and "truncated.jpg" in printed and "notes.jpg" in printed
     written = sorted(p.stem for p in out.glob("*.png"))
@@ -98,7 +101,8 @@ def test_evaluate_batch_size_is_honoured(tmp_path: Path, monkeypatch: pytest.Mon
         scores[size] = json.loads((tmp_path / f"scores{size}.json").read_text())
     for view in (scores[4], scores[4]["paper_style"]):  # a speed knob: no score depends on it
         other = scores[6] if view is scores[4] else scores[6]["paper_style"]
-        assert view["jaccard"] == pytest.approx(other["jaccard"], abs=1e-4) and view["f1"] == pytest.approx(other["f1"], abs=1e-4)
+        assert view["jaccard"] == pytest.approx(other["jaccard"], abs=1e-4)
+        assert view["f1"] == pytest.approx(other["f1"], abs=1e-4)
 
     seen: list[dict] = []
     monkeypatch.setattr("unet_ssl.stages.evaluate.run", seen.append)

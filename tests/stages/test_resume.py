@@ -37,7 +37,8 @@ SMALL_DATA = {"data.image_size": 32, "data.pretrain_image_size": 32, "data.exclu
 
 def prepare_pretrain_data(ws: Path, limit: int) -> None:
     data = yaml.safe_load((ws / "params.yaml").read_text())["data"]
-    prepare_pretrain(ws / "data" / "raw", ws / "data" / "prepared" / "pretrain", {**data, "pretrain_limit": limit}, seed=0)
+    prepare_pretrain(ws / "data" / "raw", ws / "data" / "prepared" / "pretrain", {**data, "pretrain_limit": limit},
+                     seed=0)
 
 
 def prepare_pets_and_scratch_checkpoint(ws: Path) -> None:
@@ -61,7 +62,8 @@ STAGES = {
     "pretrain": Interruptible(
         "pretrain", {**SMALL_DATA, "pretrain.method": "simclr", "pretrain.epochs": 4, "pretrain.batch_size": 16,
                      "pretrain.image_size": 32},
-        SMALL_PETS, lambda ws: prepare_pretrain_data(ws, limit=48), "checkpoints/pretrained.pt", "resuming pretraining from"),
+        SMALL_PETS, lambda ws: prepare_pretrain_data(ws, limit=48), "checkpoints/pretrained.pt",
+        "resuming pretraining from"),
     "finetune": Interruptible(
         "finetune", {**SMALL_DATA, "finetune.image_size": 32, "finetune.epochs": 4, "finetune.batch_size": 4,
                      "finetune.augment": "flip"},
@@ -113,7 +115,8 @@ def scores_on_test_split(ws: Path) -> dict:
     pets = torch.load(ws / "data" / "prepared" / "pets" / "pets.pt", weights_only=True)
     test = pets["split"] == 2
     model = checkpoint.load_model(ws / "checkpoints" / "finetuned.pt")
-    scores, _ = evaluate_model(model, pets["images"][test], pets["masks"][test], make_runtime({"device": "cpu"}), 16, 16)
+    scores, _ = evaluate_model(model, pets["images"][test], pets["masks"][test], make_runtime({"device": "cpu"}),
+                               16, 16)
     return {"f1": scores["f1"], "jaccard": scores["jaccard"]}
 
 
@@ -151,9 +154,11 @@ def test_sigkilled_stage_resumes_and_matches_an_uninterrupted_run(make_workspace
         final = {"final loss": got["history"][-1]["loss"]}, {"final loss": want["history"][-1]["loss"]}
     else:
         assert got["selected_epoch"] == want["selected_epoch"]
-        final = ({"selected epoch": got["selected_epoch"], "val Jaccard": max(r["val_jaccard"] for r in got["history"]),
+        final = ({"selected epoch": got["selected_epoch"],
+                  "val Jaccard": max(r["val_jaccard"] for r in got["history"]),
                   **{f"test {k}": v for k, v in scores_on_test_split(ws).items()}},
-                 {"selected epoch": want["selected_epoch"], "val Jaccard": max(r["val_jaccard"] for r in want["history"]),
+                 {"selected epoch": want["selected_epoch"],
+                  "val Jaccard": max(r["val_jaccard"] for r in want["history"]),
                   **{f"test {k}": v for k, v in scores_on_test_split(reference_ws).items()}})
         assert final[0] == final[1]
 
@@ -214,7 +219,8 @@ def test_non_finite_loss_message_counts_like_the_progress_bar():
     from unet_ssl.core.runtime import NonFiniteLossError, check_finite
 
     assert check_finite(torch.tensor(0.25), "finetune", 3, 0, None) == 0.25
-    with pytest.raises(NonFiniteLossError, match=r"finetune: loss became inf at epoch 3, step 1 \(no finite loss before it"):
+    with pytest.raises(NonFiniteLossError,
+                       match=r"finetune: loss became inf at epoch 3, step 1 \(no finite loss before it"):
         check_finite(torch.tensor(float("inf")), "finetune", 3, 0, None)
     with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 2, step 5 \(last finite loss: 0.123457\)"):
         check_finite(torch.tensor(float("nan")), "pretrain simclr", 2, 4, 0.1234567)
@@ -268,8 +274,8 @@ def test_a_resume_state_of_another_run_is_reported_and_never_used(make_workspace
     assert "resuming fine-tuning from" not in rerun.stderr
     assert sorted({int(e) for e, *_ in BAR.findall(rerun.stderr)})[0] == 1
     assert not resume_file.exists()
-    reference = subprocess.run([sys.executable, "-m", "unet_ssl", "finetune"], cwd=clean, capture_output=True, text=True,
-                               env=stage_env())
+    reference = subprocess.run([sys.executable, "-m", "unet_ssl", "finetune"], cwd=clean, capture_output=True,
+                               text=True, env=stage_env())
     assert reference.returncode == 0, reference.stderr[-3000:]
     got, want = checkpoint.load(ws / spec.output), checkpoint.load(clean / spec.output)
     assert got["history"] == want["history"]

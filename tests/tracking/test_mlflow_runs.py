@@ -81,12 +81,14 @@ def test_data_version_hashes_files_and_uses_the_dvc_md5_of_tracked_folders(tmp_p
     one = tmp_path / "a.pt"
     one.write_bytes(os.urandom(mlflow_runs.CHUNK + 7))
     sha = hashlib.sha256(one.read_bytes()).hexdigest()
-    assert mlflow_runs.data_version(one) == {"digest": sha[:12], "sha256": sha, "files": "1", "bytes": str(mlflow_runs.CHUNK + 7)}
+    assert mlflow_runs.data_version(one) == {"digest": sha[:12], "sha256": sha, "files": "1",
+                                             "bytes": str(mlflow_runs.CHUNK + 7)}
     raw = tmp_path / "data" / "raw"
     (raw / "sub").mkdir(parents=True)
     (raw / "x.jpg").write_bytes(b"x")
     (raw / "sub" / "y.png").write_bytes(b"yy")
-    listing = "".join(f"{hashlib.sha256(b).hexdigest()}  {n}\n" for n, b in sorted({"x.jpg": b"x", "sub/y.png": b"yy"}.items()))
+    files = {"x.jpg": b"x", "sub/y.png": b"yy"}
+    listing = "".join(f"{hashlib.sha256(b).hexdigest()}  {n}\n" for n, b in sorted(files.items()))
     folder = mlflow_runs.data_version(raw)
     assert folder["sha256"] == hashlib.sha256(listing.encode()).hexdigest() and folder["files"] == "2"
     assert mlflow_runs.data_version([raw / "x.jpg", raw / "sub" / "y.png"])["files"] == "2"
@@ -126,7 +128,8 @@ def test_stage_and_parent_runs_carry_provenance_names_and_the_dataset_digest(rep
                                  "?workflowType=machine_learning")
 
 
-def test_each_execution_is_its_own_parent_and_keeps_its_metrics(repo: Path, mlflow_client, monkeypatch: pytest.MonkeyPatch):
+def test_each_execution_is_its_own_parent_and_keeps_its_metrics(repo: Path, mlflow_client,
+                                                                 monkeypatch: pytest.MonkeyPatch):
     params = {**PARAMS, "marker": uuid.uuid4().hex}
     parents = []
     for execution, score in (("first", 0.5), ("second", 0.7)):
@@ -153,10 +156,12 @@ def test_stages_started_by_one_dvc_process_share_its_execution(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if k not in (mlflow_runs.EXECUTION_ENV, "DVC_STAGE", "DVC_ROOT")}
     code = "from unet_ssl.tracking.mlflow_runs import current_execution as c; print(c().id)"
     under_dvc = [subprocess.run(["sh", "-c", f'"{sys.executable}" -c "{code}"; true'], env={**env, "DVC_STAGE": stage},
-                                capture_output=True, text=True, check=True).stdout.strip() for stage in ("finetune", "evaluate")]
+                                capture_output=True, text=True, check=True).stdout.strip()
+                 for stage in ("finetune", "evaluate")]
     me = mlflow_runs.Execution(socket.gethostname(), os.getpid(), mlflow_runs.process_start(os.getpid()))
     assert under_dvc == [me.id, me.id]
-    by_hand = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    by_hand = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                             check=True).stdout.strip()
     assert by_hand != me.id and by_hand.split(":")[1] != str(os.getpid())
 
 
@@ -185,7 +190,8 @@ def test_running_runs_of_dead_processes_are_killed_in_any_group(repo: Path, mlfl
 def test_run_names_say_what_the_run_is():
     assert describe(PARAMS) == "simclr trained skip 90% s0"
     assert describe({"seed": 2, "pretrain": {"method": "none"},
-                     "finetune": {"freeze_encoder": True, "skip_connections": False, "subset": 0.01}}) == "scratch frozen noskip 1% s2"
+                     "finetune": {"freeze_encoder": True, "skip_connections": False, "subset": 0.01}}) == \
+        "scratch frozen noskip 1% s2"
     assert describe(PARAMS, {"method": "mae_patch", "freeze_encoder": "True", "subset": "0.1", "seed": 3}) == \
         "mae_patch frozen skip 10% s3"
     assert describe({"data": {}, "profile": "grid-cpu"}) == ""

@@ -37,7 +37,8 @@ def free_port() -> int:
 
 def photos(names: list[str], size: int) -> np.ndarray:
     """Real sample photos resized to the model's resolution, as the pyfunc takes them: (N, H, W, 3) uint8."""
-    return np.stack([np.asarray(Image.open(SAMPLE_PETS / "images" / f"{n}.jpg").convert("RGB").resize((size, size))) for n in names])
+    return np.stack([np.asarray(Image.open(SAMPLE_PETS / "images" / f"{n}.jpg").convert("RGB").resize((size, size)))
+                     for n in names])
 
 
 def wait_for_ping(url: str, server: subprocess.Popen, log: Path) -> float:
@@ -78,19 +79,22 @@ def test_release_registers_a_servable_champion(tmp_path: Path, monkeypatch: pyte
     photo = SAMPLE_PETS / "images" / f"{SMALL_PETS[0]}.jpg"
     for source, out in ((f"models:/{release.REGISTERED_MODEL}@{release.ALIAS}", "registry"), (str(MODEL), "file")):
         predict_photos(source, [photo], tmp_path / out)
-    from_registry, from_file = (np.asarray(Image.open(tmp_path / out / f"{photo.stem}.png")) for out in ("registry", "file"))
+    from_registry, from_file = (np.asarray(Image.open(tmp_path / out / f"{photo.stem}.png"))
+                                for out in ("registry", "file"))
     assert np.array_equal(from_registry, from_file)  # `unet-ssl predict` takes the registered model as well
 
     model, size = load_segmenter(MODEL)
     batch = photos(SMALL_PETS[:2], size)
-    expected = np.stack([classes_to_trimap(m).numpy() for m in segment(
-        model, list(torch.from_numpy(batch).permute(0, 3, 1, 2)), make_runtime({"device": "cpu", "channels_last": False}), size)])
+    runtime = make_runtime({"device": "cpu", "channels_last": False})
+    expected = np.stack([classes_to_trimap(m).numpy()
+                         for m in segment(model, list(torch.from_numpy(batch).permute(0, 3, 1, 2)), runtime, size)])
 
     port, log = free_port(), tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}"
     with log.open("w") as log_file:
         server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{release.REGISTERED_MODEL}@{release.ALIAS}",
+            [str(Path(sys.executable).parent / "mlflow"), "models", "serve",
+             "-m", f"models:/{release.REGISTERED_MODEL}@{release.ALIAS}",
              "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
             env={**os.environ, "MLFLOW_TRACKING_URI": uri}, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT,
             start_new_session=True)
