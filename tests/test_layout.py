@@ -112,26 +112,34 @@ def core_dependency_violations() -> list[str]:
     return problems
 
 
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def module_bindings(tree: ast.AST) -> set[str]:
+    """Names a file binds to unet_ssl modules: `from unet_ssl.core import model (as m)`, `import unet_ssl.x as y`."""
+    bound = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            bound |= {a.asname for a in node.names if a.asname and a.name.startswith("unet_ssl.")}
+        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("unet_ssl"):
+            bound |= {a.asname or a.name for a in node.names if module_path(f"{node.module}.{a.name}")}
+    return bound
+
+
 def private_import_violations() -> list[str]:
     """`from unet_ssl.x import _name`, `import unet_ssl._x`, and `x._name` where x names a unet_ssl module."""
     problems = []
     for path in package_modules():
         tree = ast.parse(path.read_text(), filename=str(path))
-        module_aliases = set()
         for line, module, names in imports(path):
-            if not (module == "unet_ssl" or module.startswith("unet_ssl.")):
-                continue
-            private = [p for p in module.split(".") + names if p.startswith("_") and not p.startswith("__")]
-            problems += [f"{rel(path)}:{line}: [private] imports the private name {p!r} from {module}" for p in private]
-            module_aliases |= {n for n in names if module_path(f"{module}.{n}")}
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                module_aliases |= {a.asname for a in node.names if a.asname and a.name.startswith("unet_ssl.")}
-            elif isinstance(node, ast.ImportFrom):
-                module_aliases |= {a.asname for a in node.names if a.asname and a.name in module_aliases}
+            if module == "unet_ssl" or module.startswith("unet_ssl."):
+                problems += [f"{rel(path)}:{line}: [private] imports the private name {p!r} from {module}"
+                             for p in module.split(".") + names if is_private(p)]
+        module_aliases = module_bindings(tree)
         for node in ast.walk(tree):
             if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in module_aliases
-                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                    and is_private(node.attr)):
                 problems.append(f"{rel(path)}:{node.lineno}: [private] uses the private name "
                                 f"{node.value.id}.{node.attr} of another unet_ssl module")
     return problems
@@ -208,8 +216,8 @@ def test_the_checks_catch_what_they_should(tmp_path, monkeypatch):
     (package / "core" / "model.py").write_text(
         "import torch\n\n\ndef f():\n    from unet_ssl.stages import prepare\n    from PIL import Image\n"
         "    from unet_ssl.stages.prepare import _hidden\n    return prepare._hidden\n")
-    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", package)
-    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    monkeypatch.setitem(globals(), "PACKAGE", package)
+    monkeypatch.setitem(globals(), "REPO", tmp_path)
     assert layer_violations() == [
         "src/unet_ssl/core/model.py:5: [layers] the core layer imports unet_ssl.stages.prepare from the higher "
         "stages layer (order: foundation < core < data < tracking < experiments < stages < cli)",
