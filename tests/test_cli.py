@@ -97,14 +97,14 @@ def test_the_repository_params_and_profiles_are_valid():
 def test_allowed_keys_come_from_the_config_dataclasses():
     from unet_ssl.core import finetuning, pretraining
     from unet_ssl.data import splits
-    from unet_ssl.experiments import bench
+    from unet_ssl.experiments.bench.workloads import WORKLOADS, BenchConfig
 
     schema = config.schema()
     assert list(schema["pretrain"]) == [f.name for f in dataclasses.fields(pretraining.PretrainConfig)]
     assert list(schema["finetune"]) == [f.name for f in dataclasses.fields(finetuning.FinetuneConfig)]
     assert schema["pretrain"]["method"].choices == config.METHODS
     assert splits.FULL_TRAINING_FRACTION is config.FULL_TRAINING_FRACTION  # subsets are fractions of the same whole
-    assert BENCH_WORKLOADS == bench.WORKLOADS and set(BENCH_PRECISIONS) == set(bench.BenchConfig().precisions)
+    assert BENCH_WORKLOADS == WORKLOADS and set(BENCH_PRECISIONS) == set(BenchConfig().precisions)
 
 
 def test_params_after_the_subcommand(tmp_path, monkeypatch, capsys):

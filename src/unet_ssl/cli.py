@@ -11,7 +11,7 @@ from unet_ssl.paths import RAW
 
 FOLDER_BATCH_SIZE = 16  # `evaluate --checkpoint` images per forward pass unless --batch-size says otherwise
 
-# Enumerated comma lists of `unet-ssl bench` (= unet_ssl.experiments.bench.WORKLOADS),
+# Enumerated comma lists of `unet-ssl bench` (= unet_ssl.experiments.bench.workloads.WORKLOADS),
 # named here so --help needs no torch.
 BENCH_WORKLOADS = ("simclr", "mae", "finetune", "evaluate")
 BENCH_PRECISIONS = ("fp32", "bf16")
@@ -88,21 +88,22 @@ def _tune(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from unet_ssl.experiments import bench
+    from unet_ssl.experiments.bench.run import BenchRequest, run
+    from unet_ssl.experiments.bench.workloads import BenchConfig
 
     params = load_params(args.params)
-    config = bench.BenchConfig(
+    config = BenchConfig(
         workloads=args.workloads, precisions=args.precisions,
         channels_last=tuple(v == "on" for v in args.channels_last), simclr_batch=args.simclr_batch,
         batch=args.batch, seconds=args.seconds, min_steps=args.min_steps, naive=not args.no_naive,
         compile=args.compile, device=args.device, threads=args.threads)
-    request = bench.BenchRequest(
+    request = BenchRequest(
         config=config, throughput=not args.no_throughput,
         numerics_seeds=list(args.numerics_seeds) if args.numerics else [],
         numerics_epochs=args.numerics_epochs or params["finetune"]["epochs"],
         stages=list(args.stages), stage_timeout=args.stage_timeout, label=args.label,
         out=Path(args.out) if args.out else None)
-    bench.run(request, params, args.params)
+    run(request, params, args.params)
 
 
 def _grid(args: argparse.Namespace) -> None:

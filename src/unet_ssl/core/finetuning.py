@@ -39,10 +39,28 @@ def build_model(cfg: FinetuneConfig, pretrained: dict | None, source: Path | Non
     return model
 
 
-def validation_scores(model: UNet, images: torch.Tensor, masks: torch.Tensor, runtime: Runtime, batch_size: int) -> dict:
+def validation_scores(model: UNet, images: torch.Tensor, masks: torch.Tensor, runtime: Runtime,
+                      batch_size: int) -> dict:
     cm = ConfusionMatrix(NUM_CLASSES)
     cm.update(predict(model, images, runtime, batch_size), masks)
     return cm.scores()
+
+
+def finetune_inputs(images: torch.Tensor, masks: torch.Tensor, cfg: FinetuneConfig, runtime: Runtime,
+                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's inputs from a uint8 batch and its class maps: floats, flipped (and cropped) as
+    `cfg.augment` says, drawn where the batch lives, then on the device in the runtime's memory format."""
+    x, y = augment.to_float(images), masks
+    if cfg.augment != "none":
+        x, y = augment.paired_flip_crop(x, y, generator, crop=cfg.augment == "flip_crop")
+    return runtime.batch(x), y.to(runtime.device, non_blocking=True)
+
+
+def finetune_loss(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """The Dice loss `finetune` back-propagates for one step on `finetune_inputs`."""
+    with runtime.autocast():
+        logits = model(images)
+    return dice_loss(logits, masks)
 
 
 def finetune(
@@ -86,13 +104,8 @@ def finetune(
         bar = progress(range(0, n, batch_size), f"finetune epoch {epoch}/{cfg.epochs}")
         for step, start in enumerate(bar):
             idx = order[start:start + batch_size]
-            x, y = augment.to_float(train_images[idx]), train_masks[idx]
-            if cfg.augment != "none":
-                x, y = augment.paired_flip_crop(x, y, generator, crop=cfg.augment == "flip_crop")
-            x, y = runtime.batch(x), y.to(runtime.device, non_blocking=True)
-            with runtime.autocast():
-                logits = model(x)
-            loss = dice_loss(logits, y)
+            x, y = finetune_inputs(train_images[idx], train_masks[idx], cfg, runtime, generator)
+            loss = finetune_loss(model, x, y, runtime)
             last_loss = check_finite(loss, "finetune", epoch, step, last_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -45,7 +45,8 @@ def simclr_loss(net: torch.nn.Module, views: torch.Tensor, cfg: PretrainConfig, 
     return nt_xent_loss(distributed.gather(z_a), distributed.gather(z_b), cfg.temperature)
 
 
-def mae_inputs(batch: torch.Tensor, cfg: PretrainConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def mae_inputs(batch: torch.Tensor, cfg: PretrainConfig,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Float images at `cfg.image_size` (upsampled bilinearly when stored smaller) and their masks
     (1 where hidden), made where the batch lives."""
     images = augment.to_float(batch)
@@ -64,6 +65,38 @@ def mae_loss(net: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor, cfg
     return reconstruction_loss(reconstruction, images, mask, cfg.masked_only_loss)
 
 
+def pretraining_networks(cfg: PretrainConfig, skip_connections: bool,
+                         runtime: Runtime) -> tuple[UNet, ProjectionHead]:
+    """The U-Net and the projection head on the device, both built whatever the method, so a seed
+    gives every method the same initial weights."""
+    arch = UNetConfig(out_channels=3, skip_connections=skip_connections)
+    model = runtime.model(UNet(arch))
+    return model, runtime.model(ProjectionHead(arch.widths, multi_level=cfg.projection == "multi_level"))
+
+
+def trained_network(model: UNet, head: ProjectionHead, cfg: PretrainConfig) -> torch.nn.Module:
+    """What a step trains: the whole U-Net for a masked autoencoder, encoder + head for SimCLR."""
+    return model if cfg.method.startswith("mae_") else SimCLRNet(model.encoder, head)
+
+
+def pretrain_inputs(batch: torch.Tensor, cfg: PretrainConfig, runtime: Runtime,
+                    generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """One step's inputs from a uint8 batch: two views of every image (SimCLR), or the images and
+    their masks (masked autoencoder), drawn where the batch lives, then in the runtime's memory format."""
+    if cfg.method.startswith("mae_"):
+        images, mask = mae_inputs(batch, cfg, generator)
+        return runtime.batch(images), runtime.batch(mask)
+    return (runtime.batch(simclr_views(batch, cfg, generator)),)
+
+
+def pretrain_loss(net: torch.nn.Module, inputs: tuple[torch.Tensor, ...], cfg: PretrainConfig,
+                  runtime: Runtime) -> torch.Tensor:
+    """The loss `pretrain` back-propagates for one step on `pretrain_inputs`."""
+    if cfg.method.startswith("mae_"):
+        return mae_loss(net, *inputs, cfg, runtime)
+    return simclr_loss(net, *inputs, cfg, runtime)
+
+
 def pretrain(
     images: torch.Tensor | None,
     cfg: PretrainConfig,
@@ -76,23 +109,20 @@ def pretrain(
 ) -> dict:
     """Trains for `cfg.epochs` and returns a checkpoint dict (format of `checkpoint.model_checkpoint`).
 
-    `images` is uint8 (N, 3, H, W) in memory (None for method 'none'). With `resume_path`, the state is saved there after
-    every epoch and a run with the same config picks up after the last complete epoch.
+    `images` is uint8 (N, 3, H, W) in memory (None for method 'none'). With `resume_path`, the state is saved
+    there after every epoch and a run with the same config picks up after the last complete epoch.
 
     Under torchrun (process group initialised, see `distributed.init_from_env`) the model is wrapped in
     DistributedDataParallel, `cfg.batch_size` is the global batch split evenly over the processes, and only
     rank 0 calls `on_epoch` and writes `resume_path` (every rank reads it, so it must be on a shared disk).
     """
-    is_mae = cfg.method.startswith("mae_")
     ctx = distributed.context()
-    arch = UNetConfig(out_channels=3, skip_connections=skip_connections)
-    model = runtime.model(UNet(arch))
-    head = runtime.model(ProjectionHead(arch.widths, multi_level=cfg.projection == "multi_level"))
+    model, head = pretraining_networks(cfg, skip_connections, runtime)
     if cfg.method == "none":
         return checkpoint.model_checkpoint(model, method="none", pretrained_parts=[], history=[])
-    net = distributed.wrap(model if is_mae else SimCLRNet(model.encoder, head), runtime.device)
-    params = list(model.parameters()) if is_mae else [*model.encoder.parameters(), *head.parameters()]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    trained = trained_network(model, head, cfg)
+    net = distributed.wrap(trained, runtime.device)
+    optimizer = torch.optim.Adam(trained.parameters(), lr=cfg.lr)
     run_key = {**asdict(cfg), "skip_connections": skip_connections, "n_images": images.shape[0],
                "world_size": ctx.world_size, **(resume_key or {})}
     modules = {"model": model, "head": head}
@@ -119,11 +149,7 @@ def pretrain(
         for step in bar:
             local = distributed.shard(order[step * batch_size:(step + 1) * batch_size], ctx)
             batch = runtime.to_device(images[local.to(images.device)])
-            if is_mae:
-                inputs, mask = mae_inputs(batch, cfg, views_generator)
-                loss = mae_loss(net, runtime.batch(inputs), runtime.batch(mask), cfg, runtime)
-            else:
-                loss = simclr_loss(net, runtime.batch(simclr_views(batch, cfg, views_generator)), cfg, runtime)
+            loss = pretrain_loss(net, pretrain_inputs(batch, cfg, runtime, views_generator), cfg, runtime)
             last_loss = check_finite(loss, f"pretrain {cfg.method}", epoch, step, last_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -136,6 +162,6 @@ def pretrain(
             on_epoch(epoch, row)
         if resume_path is not None and ctx.is_main:
             checkpoint.save_training_state(resume_path, run_key, epoch, modules, optimizer, generator, history=history)
-    parts = ["encoder", "decoder"] if is_mae else ["encoder"]
+    parts = ["encoder", "decoder"] if cfg.method.startswith("mae_") else ["encoder"]
     return checkpoint.model_checkpoint(model.cpu(), method=cfg.method, pretrained_parts=parts, history=history,
                                        head=head.cpu().state_dict(), config=asdict(cfg))
