@@ -1,4 +1,5 @@
-"""Markdown for the generated reports: number formats, tables, image links and section replacement.
+"""How reports and records write results: number formats, markdown tables, image links, section
+replacement, and scores as JSON.
 
 One place for how a report writes a number, so every report reads the same; torch-free, so every layer
 can import it."""
@@ -8,10 +9,21 @@ import math
 import re
 from pathlib import Path
 
+from unet_ssl.config import CLASS_NAMES
+
 
 def missing(value) -> bool:
     """None or NaN: a score that does not exist (a class absent from every image, a cell not run)."""
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def score_record(scores: dict) -> dict:
+    """Scores as valid, readable JSON: per-class lists -> {class name: value}; NaN (class absent) -> None."""
+    clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
+    out = {k: clean(v) for k, v in scores.items() if k != "per_class"}
+    if "per_class" in scores:
+        out["per_class"] = {m: dict(zip(CLASS_NAMES, map(clean, vals))) for m, vals in scores["per_class"].items()}
+    return out
 
 
 def number(value: float | None, digits: int = 3, absent: str = "n/a") -> str:
