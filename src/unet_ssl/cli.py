@@ -107,26 +107,22 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _grid(args: argparse.Namespace) -> None:
-    from unet_ssl.stages import grid as grid_stages
+    from unet_ssl.stages import grid, tables
 
     if args.action == "use":
-        params = grid_stages.use_profile(Path(args.profile))
-        print(f"wrote {grid_stages.GRID_PARAMS}: {grid_stages.summary(params)}")
-        return
-    params = load_params(grid_stages.GRID_PARAMS)
-    if args.action == "plan":
-        grid_stages.check_plan(params)
-        print(grid_stages.summary(params))
+        grid.use(Path(args.profile))
+    elif args.action == "plan":
+        grid.plan()
     elif args.action == "prepare":
-        grid_stages.prepare(params)
+        grid.prepare()
     elif args.action == "pretrain":
-        grid_stages.pretrain_run(params, args.key)
+        grid.pretrain(args.key)
     elif args.action == "finetune":
-        grid_stages.finetune_run(params, args.key)
+        grid.finetune(args.key)
+    elif args.action == "resolution":
+        tables.resolution_study()
     else:
-        from unet_ssl.stages import tables
-
-        tables.run_resolution(params) if args.action == "resolution" else tables.run_table(params, args.table)
+        tables.table(args.table)
 
 
 def _release(args: argparse.Namespace) -> None:

@@ -16,6 +16,8 @@ import subprocess
 import sys
 import textwrap
 
+from unet_ssl.render import compact
+
 SCORES = {"metrics/evaluate.json:test.jaccard": "test jaccard", "metrics/evaluate.json:test.f1": "test f1"}
 INFO = ("Experiment", "rev", "typ", "Created", "parent", "State")
 GROUPS = ("seed", "data", "pretrain", "finetune", "evaluate", "runtime", "tune")
@@ -24,7 +26,8 @@ KEEP = "^(" + "|".join(INFO) + ")$|^(" + "|".join(k.replace(".", r"\.") for k in
 
 
 def dvc_exp_show(extra: list[str]) -> str:
-    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--csv", "--only-changed", "--drop", DROP, "--keep", KEEP, *extra]
+    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--csv", "--only-changed", "--drop", DROP, "--keep", KEEP,
+           *extra]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         sys.stderr.write(done.stderr)
@@ -32,15 +35,13 @@ def dvc_exp_show(extra: list[str]) -> str:
     return done.stdout
 
 
-def _number(text: str) -> str:
-    """Scores and float params at 4 decimals (small ones in 3 significant digits); other text as it is."""
+def cell(text: str) -> str:
+    """Scores and float params in render.compact; integers and other text as DVC wrote them."""
     try:
         value = float(text)
     except ValueError:
         return text
-    if "." not in text and "e" not in text.lower():
-        return text
-    return f"{value:.3g}" if 0 < abs(value) < 1e-3 else f"{value:.4f}".rstrip("0").rstrip(".")
+    return compact(value) if "." in text or "e" in text.lower() else text
 
 
 def table(csv_text: str, width: int) -> str:
@@ -54,17 +55,18 @@ def table(csv_text: str, width: int) -> str:
     for r in rows:
         name = r["rev"] if r["typ"] == "baseline" else f"  {r['Experiment'] or r['rev']}"
         created = (r["Created"] or "-").replace("T", " ")[:16]
-        lines.append([name, created, *(_number(r.get(k) or "-") for k in SCORES), *([r.get("State") or ""] if state else [])])
+        lines.append([name, created, *(cell(r.get(k) or "-") for k in SCORES),
+                      *([r.get("State") or ""] if state else [])])
     columns = [head, *lines]
     hidden = []
     for p in params:
         label = p.split(":", 1)[-1]
-        col_width = max(len(label), *(len(_number(r[p] or "-")) for r in rows))
+        col_width = max(len(label), *(len(cell(r[p] or "-")) for r in rows))
         used = sum(max(len(c[i]) for c in columns) + 2 for i in range(len(head)))
         if not hidden and used + col_width <= width:
             head.append(label)
             for line, r in zip(lines, rows):
-                line.append(_number(r[p] or "-"))
+                line.append(cell(r[p] or "-"))
         else:
             hidden.append(label)
     widths = [max(len(c[i]) for c in columns) for i in range(len(head))]

@@ -18,9 +18,8 @@ from conftest import SMALL_PETS, copy_pets, copy_repo
 from conftest import run_checked as run
 
 from unet_ssl.core.stats import confusion_from_record, confusion_record, dataset_jaccard
-from unet_ssl.experiments import grid_plan
-from unet_ssl.stages import grid as grid_stages
-from unet_ssl.stages.tables import difference
+from unet_ssl.experiments import grid_plan, grid_runs
+from unet_ssl.experiments.paper_tables import difference
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILES = REPO / "profiles"
@@ -35,7 +34,8 @@ def load(path: Path) -> dict:
 def keys(d: dict, prefix: str = "") -> set[str]:
     out = set()
     for k, v in d.items():
-        out |= keys(v, f"{prefix}{k}.") if isinstance(v, dict) and k not in ("space", "pretrain_overrides") else {f"{prefix}{k}"}
+        nested = isinstance(v, dict) and k not in ("space", "pretrain_overrides")
+        out |= keys(v, f"{prefix}{k}.") if nested else {f"{prefix}{k}"}
     return out
 
 
@@ -45,7 +45,8 @@ def test_the_tables_hold_the_papers_cells_plus_baselines_and_the_multilevel_row(
     t1 = grid_plan.TABLE1.cells
     assert [c.method for c in t1[:4]] == ["simclr", "mae_patch", "mae_pixel", "mae_none"]
     assert all(c.freeze_encoder and c.skip_connections and c.subset == 0.9 for c in t1[:5])
-    assert grid_plan.Cell("none", freeze_encoder=False) in t1 and grid_plan.Cell("simclr", projection="multi_level") in t1
+    assert grid_plan.Cell("none", freeze_encoder=False) in t1
+    assert grid_plan.Cell("simclr", projection="multi_level") in t1
     t2 = grid_plan.TABLE2.cells
     assert len(t2) == len(set(t2)) == 2 * 4 * 3
     simclr = [c for c in t2 if c.method == "simclr"]
@@ -61,7 +62,8 @@ def test_cells_in_both_tables_live_in_shared_and_names_have_no_dots():
     both = set(grid_plan.TABLE1.cells) & set(grid_plan.TABLE2.cells)
     assert both == {grid_plan.Cell("simclr"), grid_plan.Cell("none"), grid_plan.Cell("none", freeze_encoder=False)}
     assert all(grid_plan.home(c) == "shared" for c in both)
-    assert grid_plan.home(grid_plan.Cell("mae_pixel")) == "table1" and grid_plan.home(grid_plan.Cell("simclr", subset=0.01)) == "table2"
+    assert grid_plan.home(grid_plan.Cell("mae_pixel")) == "table1"
+    assert grid_plan.home(grid_plan.Cell("simclr", subset=0.01)) == "table2"
     names = [c.name for t in grid_plan.TABLES.values() for c in t.cells]
     assert all("." not in n for n in names) and "simclr-frozen-noskip-1" in names
 
@@ -78,7 +80,8 @@ def test_nothing_is_pretrained_twice():
     assert users["simclr-s0"] == 12 and users["mae_patch-s0"] == 1 and users["none-s0"] == 12
     for entry in plan["finetune"].values():
         pre = plan["pretrain"][entry["pretrain"]]
-        assert pre["seed"] == entry["seed"] and pre["pretrain"]["method"] == grid_plan.cell_by_name(entry["cell"]).method
+        assert pre["seed"] == entry["seed"]
+        assert pre["pretrain"]["method"] == grid_plan.cell_by_name(entry["cell"]).method
     assert len(plan["finetune"]) == (7 + 24 - 3) * 3
 
 
@@ -92,7 +95,8 @@ def test_per_method_overrides_apply_only_to_that_method():
     params = load(PROFILES / "grid-paper.yaml")
     plan = grid_plan.plan(params)["pretrain"]
     assert plan["simclr-s0"]["pretrain"]["image_size"] == 64 and plan["simclr-s0"]["pretrain"]["batch_size"] == 384
-    assert plan["mae_patch-s0"]["pretrain"]["image_size"] == 128 and plan["mae_patch-s0"]["pretrain"]["mask_patch"] == 20
+    assert plan["mae_patch-s0"]["pretrain"]["image_size"] == 128
+    assert plan["mae_patch-s0"]["pretrain"]["mask_patch"] == 20
     assert plan["simclr-multilevel-s0"]["pretrain"]["projection"] == "multi_level"
     assert plan["none-s0"]["pretrain"] == {"method": "none", "projection": "bottleneck"}
 
@@ -108,7 +112,7 @@ def test_cell_filter_and_unknown_names():
 
 def test_the_committed_grid_params_are_the_cpu_profile_with_its_plan(tmp_path):
     committed = load(REPO / "grid" / "params.yaml")
-    regenerated = grid_stages.use_profile(Path(committed["profile"]), tmp_path / "params.yaml")
+    regenerated = grid_runs.use_profile(Path(committed["profile"]), tmp_path / "params.yaml")
     assert committed["profile"] == "profiles/grid-cpu.yaml"
     assert committed == regenerated == load(tmp_path / "params.yaml")
 
@@ -116,14 +120,14 @@ def test_the_committed_grid_params_are_the_cpu_profile_with_its_plan(tmp_path):
 def test_a_stale_plan_or_profile_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shutil.copy2(PROFILES / "grid-micro.yaml", tmp_path / "p.yaml")
-    params = grid_stages.use_profile(Path("p.yaml"), tmp_path / "params.yaml")
-    grid_stages.check_plan(params)
+    params = grid_runs.use_profile(Path("p.yaml"), tmp_path / "params.yaml")
+    grid_runs.check_plan(params)
     params["grid"]["seeds"] = [0, 1]
     with pytest.raises(ValueError, match="out of date"):
-        grid_stages.check_plan(params)
+        grid_runs.check_plan(params)
     (tmp_path / "p.yaml").write_text(yaml.safe_dump({k: v for k, v in params.items() if k not in ("profile", "plan")}))
     with pytest.raises(ValueError, match="stale plan"):
-        grid_stages.check_plan(params)
+        grid_runs.check_plan(params)
 
 
 @pytest.mark.parametrize("profile", SINGLE_RUN_PROFILES, ids=lambda p: p.name)
@@ -148,8 +152,10 @@ def test_the_paper_profile_has_the_papers_settings():
         assert (p["pretrain"]["batch_size"], p["finetune"]["batch_size"]) == (384, 256)
         assert (p["pretrain"]["image_size"], p["finetune"]["image_size"], p["data"]["image_size"]) == (64, 128, 128)
         assert p["pretrain"]["lr"] == p["finetune"]["lr"] == 0.001 and p["finetune"]["augment"] == "none"
-        assert (p["pretrain"]["temperature"], p["pretrain"]["mask_patch"], p["pretrain"]["mask_ratio"]) == (0.2, 20, 0.75)
-    assert all(grid_paper["grid"]["pretrain_overrides"][m]["image_size"] == 128 for m in ("mae_patch", "mae_pixel", "mae_none"))
+        assert (p["pretrain"]["temperature"], p["pretrain"]["mask_patch"], p["pretrain"]["mask_ratio"]) == (
+            0.2, 20, 0.75)
+    overrides = grid_paper["grid"]["pretrain_overrides"]
+    assert all(overrides[m]["image_size"] == 128 for m in ("mae_patch", "mae_pixel", "mae_none"))
     assert grid_paper["grid"]["seeds"] == [0, 1, 2] and grid_paper["data"]["pretrain_limit"] == 0
 
 
@@ -163,7 +169,8 @@ def run_records(cell: grid_plan.Cell, errors: dict[int, float], per_image: bool 
     for seed, error in errors.items():
         g = torch.Generator().manual_seed(seed)
         pred = torch.where(torch.rand(target.shape, generator=g) < error, (target + 1) % 3, target)
-        matrices = torch.stack([torch.bincount((t * 3 + p).reshape(-1), minlength=9).reshape(3, 3) for p, t in zip(pred, target)])
+        matrices = torch.stack([torch.bincount((t * 3 + p).reshape(-1), minlength=9).reshape(3, 3)
+                                for p, t in zip(pred, target)])
         record = {"cell": cell.name, "seed": seed, "jaccard": float(dataset_jaccard(matrices.sum(0).numpy()))}
         out.append(record | ({"test_confusion": confusion_record(torch.arange(20), matrices)} if per_image else {}))
     return out
@@ -173,7 +180,8 @@ def test_table_comparisons_are_paired_by_seed_with_an_interval_or_say_there_is_n
     import pandas as pd
 
     pretrained, scratch = grid_plan.Cell("simclr"), grid_plan.Cell("none", freeze_encoder=False)
-    frame = pd.DataFrame(run_records(pretrained, {0: 0.1, 1: 0.12, 2: 0.11}) + run_records(scratch, {0: 0.3, 1: 0.28, 7: 0.1}))
+    frame = pd.DataFrame(run_records(pretrained, {0: 0.1, 1: 0.12, 2: 0.11})
+                         + run_records(scratch, {0: 0.3, 1: 0.28, 7: 0.1}))
     clear = difference(frame, pretrained, scratch)  # seeds 0 and 1 only: seed 2 and 7 have no partner
     assert clear.endswith(", better)") and "(95% CI +" in clear
     paired = frame[frame["seed"].isin([0, 1])].groupby("cell")["jaccard"].mean()
@@ -192,7 +200,8 @@ def mlflow_runs(repo: Path, stage: str) -> list[dict]:
     with sqlite3.connect(repo / "mlruns" / "mlflow.db") as db:
         ids = [r[0] for r in db.execute("select r.run_uuid from runs r join tags t on t.run_uuid = r.run_uuid "
                                         "where t.key = 'stage' and t.value = ? and r.status = 'FINISHED'", (stage,))]
-        return [dict(db.execute("select key, value from tags where run_uuid = ?", (i,)).fetchall()) | {"run_id": i} for i in ids]
+        return [dict(db.execute("select key, value from tags where run_uuid = ?", (i,)).fetchall()) | {"run_id": i}
+                for i in ids]
 
 
 def make_grid_repo(repo: Path, grid_overrides: dict | None = None) -> tuple[Path, dict]:
@@ -238,7 +247,8 @@ def test_table1_is_generated_from_runs_that_are_tagged_in_mlflow(grid_repo):
         cell = grid_plan.cell_by_name(tags["grid_cell"])
         assert (tags["method"], tags["freeze_encoder"], tags["skip_connections"], tags["subset"], tags["seed"]) == (
             cell.method, str(cell.freeze_encoder), str(cell.skip_connections), str(cell.subset), "0")
-        record = json.loads((repo / "grid" / "runs" / grid_plan.home(cell) / cell.name / "s0" / "result.json").read_text())
+        record = json.loads((repo / "grid" / "runs" / grid_plan.home(cell) / cell.name / "s0" / "result.json")
+                            .read_text())
         assert record["mlflow_run_id"] == tags["run_id"] and 0 <= record["test"]["jaccard"] <= 1
         index, per_image = confusion_from_record(record["test_confusion"])
         assert len(index) == len(per_image) == record["test"]["n_images"]
@@ -302,7 +312,8 @@ def test_release_publishes_the_best_grid_model_with_a_model_card(grid_repo, tmp_
     run_ids = {r["run_id"]: r for r in mlflow_runs(repo, "grid_finetune")}
     chosen = next(i for i in run_ids if i in card)
     cell = run_ids[chosen]["grid_cell"]
-    record = json.loads((repo / "grid" / "runs" / grid_plan.home(grid_plan.cell_by_name(cell)) / cell / "s0" / "result.json").read_text())
+    home = grid_plan.home(grid_plan.cell_by_name(cell))
+    record = json.loads((repo / "grid" / "runs" / home / cell / "s0" / "result.json").read_text())
     best_val = max(max(h["val_jaccard"] for h in json.loads(p.read_text())["history"])
                    for p in (repo / "grid" / "runs").glob("*/*/s0/result.json"))
     assert max(h["val_jaccard"] for h in ckpt["history"]) == best_val
@@ -322,7 +333,8 @@ def test_the_model_card_compares_with_the_alternative_paired_by_seed_or_says_why
     target = torch.randint(0, 3, (12, 16, 16), generator=torch.Generator().manual_seed(0))
 
     def candidate(method: str, seed: int, error: float, per_image: bool = True) -> release.Candidate:
-        pred = torch.where(torch.rand(target.shape, generator=torch.Generator().manual_seed(seed)) < error, (target + 1) % 3, target)
+        wrong = torch.rand(target.shape, generator=torch.Generator().manual_seed(seed)) < error
+        pred = torch.where(wrong, (target + 1) % 3, target)
         folder = tmp_path / "grid" / method / f"s{seed}"
         folder.mkdir(parents=True)
         saved = {"test_confusion": confusion_record(torch.arange(12), torch.stack(
@@ -335,18 +347,22 @@ def test_the_model_card_compares_with_the_alternative_paired_by_seed_or_says_why
     pretrained = [candidate("simclr", s, 0.1) for s in (0, 1)]
     scratch = [candidate("none", s, 0.4) for s in (0, 1)]
     lines = "\n".join(release.comparison_lines(pretrained[0], pretrained + scratch))
-    assert "validation Jaccard 0.600 against 0.500 for the best candidate trained from scratch (grid run none-s0)" in lines
+    assert ("validation Jaccard 0.600 against 0.500 for the best candidate trained from scratch (grid run none-s0)"
+            in lines)
     assert "paired by seed (seeds 0, 1): +" in lines and "(95% CI +" in lines and ", better)" in lines
     old = candidate("none", 2, 0.4, per_image=False)
-    assert "no interval (per-image scores not recorded)" in "\n".join(release.comparison_lines(old, [old, candidate("simclr", 2, 0.1)]))
+    lines = "\n".join(release.comparison_lines(old, [old, candidate("simclr", 2, 0.1)]))
+    assert "no interval (per-image scores not recorded)" in lines
     PETS.parent.mkdir(parents=True)
     torch.save({"masks": target}, PETS)
     PREDICTIONS.parent.mkdir(parents=True)
     torch.save({"index": torch.arange(3), "pred": target[:3].to(torch.uint8)}, PREDICTIONS)
-    main = release.Candidate("main pipeline", FINETUNED, 0.7, {"jaccard": 1.0}, {**scratch[0].settings, "seed": 0}, "p", PREPARED, None)
+    main = release.Candidate("main pipeline", FINETUNED, 0.7, {"jaccard": 1.0}, {**scratch[0].settings, "seed": 0},
+                             "p", PREPARED, None)
     index, per_image = release.candidate_per_image(main)
     assert index.tolist() == [0, 1, 2] and dataset_jaccard(per_image.sum(0)) == 1.0
-    assert "no paired comparison is available (different test data)" in "\n".join(release.comparison_lines(main, [main, *pretrained]))
+    lines = "\n".join(release.comparison_lines(main, [main, *pretrained]))
+    assert "no paired comparison is available (different test data)" in lines
     assert "No candidate pretrained" in "\n".join(release.comparison_lines(main, [main]))
 
 

@@ -71,7 +71,8 @@ def workdir(tmp_path_factory):
 
 
 def load(params: dict) -> optuna.Study:
-    return optuna.load_study(study_name=params["tune"]["study_name"], storage=make_storage(storage_path(params["tune"])))
+    return optuna.load_study(study_name=params["tune"]["study_name"],
+                             storage=make_storage(storage_path(params["tune"])))
 
 
 @pytest.mark.filterwarnings("ignore:Fixed parameter pretrain.temperature:UserWarning")
@@ -110,7 +111,8 @@ def test_study_persists_resumes_survives_a_diverging_trial_and_tracks_every_tria
 
     client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("unet-ssl").experiment_id])
-    parents = [r for r in runs if r.data.tags.get("role") == "tuning" and r.data.tags["optuna_study"] == study.study_name]
+    parents = [r for r in runs
+               if r.data.tags.get("role") == "tuning" and r.data.tags["optuna_study"] == study.study_name]
     assert len(parents) == 1, "a resumed study keeps its one parent run"
     parent = parents[0]
     assert parent.data.metrics["best_val_jaccard"] == pytest.approx(study.best_value)
@@ -251,7 +253,8 @@ def test_plain_dvc_repro_leaves_the_tuning_pipeline_out(tmp_path, monkeypatch):
     assert Path(params_file.fs_path) == tmp_path / "params.yaml", "the stage reads the root params.yaml"
 
 
-def test_compare_reports_the_test_scores_of_pipeline_runs_grouped_by_tuned_and_baseline_values(tmp_path, monkeypatch, capsys):
+def test_compare_reports_the_test_scores_of_pipeline_runs_grouped_by_tuned_and_baseline_values(tmp_path, monkeypatch,
+                                                                                                capsys):
     """`unet-ssl tune --compare` reads the pipeline runs of named DVC experiments from MLflow and groups them
     by their values of the searched params: the study's best trial against its params.yaml baseline."""
     from optuna.distributions import FloatDistribution
@@ -270,8 +273,9 @@ def test_compare_reports_the_test_scores_of_pipeline_runs_grouped_by_tuned_and_b
                                               user_attrs={ORIGIN_ATTR: "params.yaml"}))
     study.add_trial(optuna.trial.create_trial(params=tuned, distributions=space, value=0.6))
     target = torch.randint(0, 3, (10, 16, 16), generator=torch.Generator().manual_seed(0))
-    for name, values, seed, score, error in (("paper-s0", baseline, 0, 0.50, 0.3), ("tuned-s0", tuned, 0, 0.60, 0.05),
-                                             ("tuned-s1", tuned, 1, 0.70, 0.05), ("paper-old-s1", baseline, 1, 0.50, None)):
+    arms = (("paper-s0", baseline, 0, 0.50, 0.3), ("tuned-s0", tuned, 0, 0.60, 0.05),
+            ("tuned-s1", tuned, 1, 0.70, 0.05), ("paper-old-s1", baseline, 1, 0.50, None))
+    for name, values, seed, score, error in arms:
         run_params = copy.deepcopy(params) | {"seed": seed}
         for key, value in values.items():
             group, leaf = key.split(".")
@@ -281,8 +285,10 @@ def test_compare_reports_the_test_scores_of_pipeline_runs_grouped_by_tuned_and_b
             if error is not None:  # what the evaluate stage logs; runs of older versions logged nothing
                 wrong = torch.rand(target.shape, generator=torch.Generator().manual_seed(seed)) < error
                 pred = torch.where(wrong, (target + 1) % 3, target)
-                run.log_dict(confusion_record(torch.arange(10), per_image_confusion(pred, target, 3)), CONFUSION_ARTIFACT)
-        mlflow_runs.log_to_pipeline(run_params, {"test_jaccard": score, "test_f1": score + 0.1, "test_jaccard_border": score / 2})
+                run.log_dict(confusion_record(torch.arange(10), per_image_confusion(pred, target, 3)),
+                             CONFUSION_ARTIFACT)
+        mlflow_runs.log_to_pipeline(run_params, {"test_jaccard": score, "test_f1": score + 0.1,
+                                                 "test_jaccard_border": score / 2})
     main(["tune", "--compare", "paper-s0", "tuned-s0", "tuned-s1"])
     text = (tmp_path / "reports" / "tuning_test.md").read_text()
     assert "| baseline (params.yaml) | 0.2 | 0.001 | 0.001 | 0 | 0.5000 |" in text

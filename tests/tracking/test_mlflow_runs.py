@@ -166,7 +166,7 @@ def test_stages_started_by_one_dvc_process_share_its_execution(tmp_path: Path):
 
 
 def test_running_runs_of_dead_processes_are_killed_in_any_group(repo: Path, mlflow_client):
-    experiment = mlflow_runs._experiment_id(__import__("mlflow"))
+    experiment = mlflow_runs.experiment_id(__import__("mlflow"))
     gone = subprocess.Popen(["true"])
     gone.wait()
     host = socket.gethostname()

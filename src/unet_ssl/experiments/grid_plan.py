@@ -109,7 +109,8 @@ TABLE1 = Table(
 def _table2_rows() -> tuple[Row, ...]:
     rows = []
     for method, name in (("simclr", "SimCLR"), ("none", "none (baseline)")):
-        for freeze in (False, True):  # the paper's row order: unfrozen no skip, unfrozen skip, frozen no skip, frozen skip
+        # the paper's row order: unfrozen no skip, unfrozen skip, frozen no skip, frozen skip
+        for freeze in (False, True):
             for skip in (False, True):
                 label = f"{name}, {'frozen' if freeze else 'trained'} encoder, {'skips' if skip else 'no skips'}"
                 rows.append(Row(label, tuple(Cell(method, freeze, skip, subset) for subset in SUBSETS)))

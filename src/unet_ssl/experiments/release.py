@@ -29,7 +29,18 @@ from unet_ssl.core.stats import (
 )
 from unet_ssl.data.prepared import load_tensors
 from unet_ssl.experiments.grid_plan import PAPER_TABLE2
-from unet_ssl.paths import FINETUNED, METRICS, PETS, PREDICTIONS, PREPARED
+from unet_ssl.paths import (
+    FINETUNED,
+    GRID_DATA,
+    GRID_PARAMS,
+    GRID_PRETRAINED,
+    PETS,
+    PREDICTIONS,
+    PREPARED,
+    PROFILES,
+    TEST_SCORES,
+)
+from unet_ssl.render import number, table
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -37,7 +48,6 @@ if TYPE_CHECKING:
 ARTIFACT = "pets-unet.pt"
 MAX_BYTES = 10 * 1024 * 1024
 PAPER_BEST_JACCARD = PAPER_TABLE2[(False, True)][0.9]  # the paper's best cell, the goal to beat
-PROFILES = Path("profiles")
 REGISTERED_MODEL = "pets-unet"
 ALIAS = "champion"
 EXAMPLE_SIZE = 16  # side of the input example: the model takes photos of any size, so keep it small
@@ -92,29 +102,30 @@ def pipeline_run_id(params: dict) -> str | None:
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
         return None
-    runs = mlflow.MlflowClient().search_runs([experiment.experiment_id], "tags.stage = 'finetune' and attributes.status = 'FINISHED'",
+    runs = mlflow.MlflowClient().search_runs([experiment.experiment_id],
+                                             "tags.stage = 'finetune' and attributes.status = 'FINISHED'",
                                              order_by=["attributes.start_time DESC"], max_results=500)
     wanted = flatten(params)
     return next((r.info.run_id for r in runs if r.data.params == wanted), None)
 
 
 def pipeline_candidate(params: dict) -> Candidate | None:
-    scores = METRICS / "evaluate.json"
-    if not FINETUNED.is_file() or not scores.is_file():
+    if not FINETUNED.is_file() or not TEST_SCORES.is_file():
         return None
     stale = pipeline_is_current()
     if stale:
         raise ReleaseError(f"the main pipeline is not up to date, so {FINETUNED} may not match params.yaml; "
-                         f"run `dvc repro` first (dvc status: {stale[:300]})")
+                           f"run `dvc repro` first (dvc status: {stale[:300]})")
     ckpt = checkpoint.load(FINETUNED)
-    return Candidate("main pipeline", FINETUNED, selected_val_jaccard(ckpt), json.loads(scores.read_text())["test"],
+    return Candidate("main pipeline", FINETUNED, selected_val_jaccard(ckpt),
+                     json.loads(TEST_SCORES.read_text())["test"],
                      {k: params[k] for k in ("seed", "data", "pretrain", "finetune")}, profile_of(params), PREPARED,
                      pipeline_run_id(params))
 
 
 def grid_candidates() -> list[Candidate]:
     from unet_ssl.config import load_params
-    from unet_ssl.stages.grid import DATA, GRID_PARAMS, PRETRAINED, results
+    from unet_ssl.experiments.grid_runs import results
 
     if not GRID_PARAMS.is_file():
         return []
@@ -124,10 +135,10 @@ def grid_candidates() -> list[Candidate]:
         path = Path(r.path) / "finetuned.pt"
         if not path.is_file():
             continue
-        pretraining = json.loads((PRETRAINED / r.pretrain_run / "pretrain.json").read_text())
+        pretraining = json.loads((GRID_PRETRAINED / r.pretrain_run / "pretrain.json").read_text())
         settings = {"seed": r.seed, "data": params["data"], "pretrain": pretraining["config"], "finetune": r.finetune}
         out.append(Candidate(f"grid run {r.key}", path, selected_val_jaccard(checkpoint.load(path)), r.test, settings,
-                             params["profile"], DATA, r.mlflow_run_id))
+                             params["profile"], GRID_DATA, r.mlflow_run_id))
     return out
 
 
@@ -177,7 +188,8 @@ def paired_test(c: Candidate, alt: Candidate, candidates: list[Candidate]) -> st
     if not seeds or c.prepared != alt.prepared:
         return "no paired comparison is available (" + ("different test data)" if seeds else "no seed run by both)")
     plain = sum(mine[s].test["jaccard"] - theirs[s].test["jaccard"] for s in seeds) / len(seeds)
-    text = paired_text([candidate_per_image(theirs[s]) for s in seeds], [candidate_per_image(mine[s]) for s in seeds], plain)
+    text = paired_text([candidate_per_image(theirs[s]) for s in seeds], [candidate_per_image(mine[s]) for s in seeds],
+                       plain)
     return f"paired by seed (seeds {', '.join(map(str, seeds))}): {text}"
 
 
@@ -188,19 +200,15 @@ def comparison_lines(c: Candidate, candidates: list[Candidate]) -> list[str]:
     if alt is None:
         return ["## Against the alternative", "", f"No candidate {other}: nothing to compare with.", ""]
     return ["## Against the alternative", "",
-            f"- Choice, on validation only: validation Jaccard {_fmt(c.val_jaccard)} against {_fmt(alt.val_jaccard)} for "
-            f"the best candidate {other} ({alt.source}).",
-            f"- Test (reported, chose nothing): dataset-level Jaccard of this model's settings minus those of {alt.source}, "
-            f"{paired_test(c, alt, candidates)}. The interval is a 95% bootstrap over seeds and test images; "
-            "'better'/'worse' only where it excludes zero.", ""]
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+            f"- Choice, on validation only: validation Jaccard {number(c.val_jaccard)} against "
+            f"{number(alt.val_jaccard)} for the best candidate {other} ({alt.source}).",
+            "- Test (reported, chose nothing): dataset-level Jaccard of this model's settings minus those of "
+            f"{alt.source}, {paired_test(c, alt, candidates)}. The interval is a 95% bootstrap over seeds and test "
+            "images; 'better'/'worse' only where it excludes zero.", ""]
 
 
 def model_card(c: Candidate, candidates: list[Candidate], path: Path, sha256: str) -> str:
-    from unet_ssl.stages.tables import data_statement
+    from unet_ssl.experiments.paper_tables import data_statement
     from unet_ssl.tracking.mlflow_runs import flatten
 
     test, ft, pre = c.test, c.settings["finetune"], c.settings["pretrain"]
@@ -208,26 +216,31 @@ def model_card(c: Candidate, candidates: list[Candidate], path: Path, sha256: st
     lines = [
         "# pets-unet: U-Net segmenting pets (pet / background / border)", "",
         f"Generated by `unet-ssl release` from the {c.source}; regenerate rather than edit.", "",
-        f"- File: `{path.name}`, {path.stat().st_size / 2 ** 20:.1f} MiB, sha256 `{sha256}`; a checkpoint dict (`arch`, `model` "
-        f"state dict, fine-tuning `config`, `history`, `selected_epoch`) that loads with `torch.load(..., weights_only=True)`.",
-        f"- Chosen: the best validation Jaccard ({_fmt(c.val_jaccard)}) among {len(candidates)} candidate model(s); "
+        f"- File: `{path.name}`, {path.stat().st_size / 2 ** 20:.1f} MiB, sha256 `{sha256}`; a checkpoint dict "
+        "(`arch`, `model` state dict, fine-tuning `config`, `history`, `selected_epoch`) that loads with "
+        "`torch.load(..., weights_only=True)`.",
+        f"- Chosen: the best validation Jaccard ({number(c.val_jaccard)}) among {len(candidates)} candidate model(s); "
         "the test split chose nothing.",
         f"- MLflow run: {run} (stage run; browse with `make ui`).",
         f"- Profile: `{c.profile}`.",
-        f"- Pretraining: `{pre['method']}`" + ("" if pre["method"] == "none" else
-                                             f", {pre.get('epochs')} epochs at {pre.get('image_size')} px, batch {pre.get('batch_size')}")
-        + f"; fine-tuning: {ft['epochs']} epochs at {ft['image_size']} px, batch {ft['batch_size']}, subset {ft['subset']}, "
-          f"encoder {'frozen' if ft['freeze_encoder'] else 'trained'}, skips {'on' if ft['skip_connections'] else 'off'}, "
-          f"augmentation `{ft['augment']}`; seed {c.settings['seed']}.",
+        f"- Pretraining: `{pre['method']}`"
+        + ("" if pre["method"] == "none" else
+           f", {pre.get('epochs')} epochs at {pre.get('image_size')} px, batch {pre.get('batch_size')}")
+        + f"; fine-tuning: {ft['epochs']} epochs at {ft['image_size']} px, batch {ft['batch_size']}, "
+          f"subset {ft['subset']}, encoder {'frozen' if ft['freeze_encoder'] else 'trained'}, "
+          f"skips {'on' if ft['skip_connections'] else 'off'}, augmentation `{ft['augment']}`; "
+          f"seed {c.settings['seed']}.",
         *data_statement(c.settings, c.prepared), "",
         f"## Test scores ({test['n_images']} held-out pets at {ft['image_size']} px)", "",
-        "| view | F1 | Jaccard |", "|---|---|---|",
-        f"| dataset-level (headline) | {_fmt(test['f1'])} | {_fmt(test['jaccard'])} |",
-        f"| paper-style (per batch, as the paper) | {_fmt(test['paper_style']['f1'])} | {_fmt(test['paper_style']['jaccard'])} |", "",
-        "| class | F1 | Jaccard |", "|---|---|---|",
-        *[f"| {name} | {_fmt(test['per_class']['f1'][name])} | {_fmt(test['per_class']['jaccard'][name])} |" for name in CLASS_NAMES], "",
-        f"Against the paper's best Jaccard, {PAPER_BEST_JACCARD:.3f} (Table 2, SimCLR, encoder trained, skips, 90%; fine-tuned "
-        f"on about 6,650 pets of 37 breeds): {test['jaccard'] - PAPER_BEST_JACCARD:+.3f}; other test images and seeds, "
+        *table(["view", "F1", "Jaccard"],
+               [["dataset-level (headline)", number(test["f1"]), number(test["jaccard"])],
+                ["paper-style (per batch, as the paper)", number(test["paper_style"]["f1"]),
+                 number(test["paper_style"]["jaccard"])]]), "",
+        *table(["class", "F1", "Jaccard"], [[name, number(test["per_class"]["f1"][name]),
+                                             number(test["per_class"]["jaccard"][name])] for name in CLASS_NAMES]), "",
+        f"Against the paper's best Jaccard, {number(PAPER_BEST_JACCARD)} (Table 2, SimCLR, encoder trained, skips, "
+        f"90%; fine-tuned on about 6,650 pets of 37 breeds): {test['jaccard'] - PAPER_BEST_JACCARD:+.3f}; other test "
+        "images and seeds, "
         "so no paired comparison is available.", "",
         *comparison_lines(c, candidates),
         "## Use", "",
@@ -240,8 +253,7 @@ def model_card(c: Candidate, candidates: list[Candidate], path: Path, sha256: st
         "```", "",
         f"Score any folder of images and trimaps: `unet-ssl evaluate --checkpoint models/{path.name} --images DIR "
         "--trimaps DIR --out scores.json`.", "",
-        "## Settings of the run", "", "| parameter | value |", "|---|---|",
-        *[f"| {k} | {v} |" for k, v in flatten(c.settings).items()], "",
+        "## Settings of the run", "", *table(["parameter", "value"], list(flatten(c.settings).items())), "",
     ]
     return "\n".join(lines)
 
@@ -252,7 +264,8 @@ def publish(c: Candidate, out: Path, candidates: list[Candidate]) -> Path:
     dest = out / ARTIFACT
     shutil.copyfile(c.checkpoint, dest)
     if dest.stat().st_size > MAX_BYTES:
-        raise ReleaseError(f"{dest} is {dest.stat().st_size / 2 ** 20:.1f} MiB, over the {MAX_BYTES / 2 ** 20:.0f} MiB limit")
+        raise ReleaseError(f"{dest} is {dest.stat().st_size / 2 ** 20:.1f} MiB, over the "
+                           f"{MAX_BYTES / 2 ** 20:.0f} MiB limit")
     torch.load(dest, map_location="cpu", weights_only=True)
     checkpoint.load_model(dest)
     sha256 = hashlib.sha256(dest.read_bytes()).hexdigest()
@@ -291,10 +304,10 @@ def register(checkpoint_path: Path, tags: dict[str, str]) -> ModelVersion:
     `pets-unet`, moving the `champion` alias to the new version; returns the ModelVersion."""
     import mlflow
 
-    from unet_ssl.tracking.mlflow_runs import _experiment_id, tracking_uri
+    from unet_ssl.tracking.mlflow_runs import experiment_id, tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
-    with mlflow.start_run(experiment_id=_experiment_id(mlflow), run_name="release", tags={"role": "release", **tags}):
+    with mlflow.start_run(experiment_id=experiment_id(mlflow), run_name="release", tags={"role": "release", **tags}):
         uri = log_pyfunc(checkpoint_path)
     version = mlflow.register_model(uri, REGISTERED_MODEL, tags=tags)
     mlflow.MlflowClient().set_registered_model_alias(REGISTERED_MODEL, ALIAS, version.version)
@@ -307,8 +320,8 @@ def run(params: dict, out: Path, include_grid: bool = False) -> Candidate:
         candidates += grid_candidates()
     best = choose(candidates)
     dest = publish(best, out, candidates)
-    print(f"release: {best.source} -> {dest} (validation Jaccard {_fmt(best.val_jaccard)}, "
-          f"test Jaccard {_fmt(best.test['jaccard'])}), model card {out / 'README.md'}")
+    print(f"release: {best.source} -> {dest} (validation Jaccard {number(best.val_jaccard)}, "
+          f"test Jaccard {number(best.test['jaccard'])}), model card {out / 'README.md'}")
     version = register(dest, {"source": best.source, "source_run_id": best.mlflow_run_id or "unknown",
                               "sha256": hashlib.sha256(dest.read_bytes()).hexdigest()})
     print(f"release: registered {REGISTERED_MODEL} version {version.version} as @{ALIAS} "

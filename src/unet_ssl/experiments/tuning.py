@@ -56,7 +56,8 @@ def search_space(tune: dict) -> list[Dimension]:
              for name, spec in tune["space"].items()]
     for dim in space:
         if not (dim.low < dim.high and (dim.low > 0 or not dim.log)):
-            raise ValueError(f"tune.space.{dim.name}: need low < high (and low > 0 on a log scale), got {dim.low}, {dim.high}")
+            raise ValueError(f"tune.space.{dim.name}: need low < high (and low > 0 on a log scale), "
+                             f"got {dim.low}, {dim.high}")
     return space
 
 
@@ -153,8 +154,8 @@ def open_study(params: dict, adding_trials: bool = True) -> optuna.Study:
         study.set_user_attr(UID_ATTR, uuid.uuid4().hex)
     elif stored != profile and adding_trials:
         changed = sorted(k for k in stored.keys() | profile.keys() if stored.get(k) != profile.get(k))
-        raise ValueError(f"study {name!r} in {tune['storage']} was run with other training settings ({', '.join(changed)}); "
-                         "set tune.study_name to start a new study")
+        raise ValueError(f"study {name!r} in {tune['storage']} was run with other training settings "
+                         f"({', '.join(changed)}); set tune.study_name to start a new study")
     space = search_space(tune)
     if adding_trials and not study.trials and tune["enqueue_current"]:
         study.enqueue_trial({dim.name: float(get_dotted(params, dim.name)) for dim in space},
@@ -186,17 +187,19 @@ class TrialRuns:
                            "optuna_study_uid": study.user_attrs[UID_ATTR]}
         mlflow.set_tracking_uri(mlflow_runs.tracking_uri(root))
         self.client = mlflow.MlflowClient()
-        self.experiment_id = mlflow_runs._experiment_id(mlflow)
+        self.experiment_id = mlflow_runs.experiment_id(mlflow)
         self.parent_id = self._find_or_create_parent(params)
 
     def _find_or_create_parent(self, params: dict) -> str:
         query = f"tags.optuna_study_uid = '{self.study_tags['optuna_study_uid']}' and tags.role = 'tuning'"
-        found = self.client.search_runs([self.experiment_id], query, max_results=1, order_by=["attributes.start_time ASC"])
+        found = self.client.search_runs([self.experiment_id], query, max_results=1,
+                                        order_by=["attributes.start_time ASC"])
         if found:
             return found[0].info.run_id
         run = self.client.create_run(self.experiment_id, run_name=f"tune-{params['tune']['study_name']}",
                                      tags={**self.study_tags, "role": "tuning", "git_commit": self.commit})
-        search = {f"space.{d.name}": f"[{d.low}, {d.high}]{' log' if d.log else ''}" for d in search_space(params["tune"])}
+        search = {f"space.{d.name}": f"[{d.low}, {d.high}]{' log' if d.log else ''}"
+                  for d in search_space(params["tune"])}
         profile = {f"profile.{k}": v for k, v in study_profile(params).items()}
         self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in {**search, **profile}.items()])
         return run.info.run_id
@@ -217,7 +220,8 @@ class TrialRuns:
     def end_trial(self, run_id: str, state: optuna.trial.TrialState, reason: str = "") -> None:
         tags = [RunTag("optuna_state", state.name)] + ([RunTag(STOP_REASON_ATTR, reason[:5000])] if reason else [])
         self.client.log_batch(run_id, tags=tags)
-        status = {optuna.trial.TrialState.COMPLETE: "FINISHED", optuna.trial.TrialState.PRUNED: "KILLED"}.get(state, "FAILED")
+        status = {optuna.trial.TrialState.COMPLETE: "FINISHED",
+                  optuna.trial.TrialState.PRUNED: "KILLED"}.get(state, "FAILED")
         self.client.set_terminated(run_id, status)
 
 
@@ -271,14 +275,15 @@ class Objective:
             trial.report(row[OBJECTIVE], epoch)
             # After the last epoch the training is done: the trial completes with its score, never pruned.
             if epoch < params["finetune"]["epochs"] and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned by {type(trial.study.pruner).__name__} after fine-tuning epoch {epoch} "
-                                         f"(val Jaccard {row[OBJECTIVE]:.4f})")
+                raise optuna.TrialPruned(f"pruned by {type(trial.study.pruner).__name__} after fine-tuning epoch "
+                                         f"{epoch} (val Jaccard {row[OBJECTIVE]:.4f})")
 
         try:
             # Seeded before each part, as the pipeline's stages are, so a trial scores what the pipeline would.
             pretrained = pretrain(self.pretrain_images, PretrainConfig(**params["pretrain"]),
                                   params["finetune"]["skip_connections"], self.runtime, seed_everything(params["seed"]),
-                                  on_epoch=lambda e, row: self.runs.log_metrics(run_id, {"pretrain_loss": row["loss"]}, e))
+                                  on_epoch=lambda e, row: self.runs.log_metrics(run_id, {"pretrain_loss": row["loss"]},
+                                                                                e))
             result = finetune(self.pets["images"], self.pets["masks"], self.train_idx, self.val_idx,
                               FinetuneConfig(**params["finetune"]), pretrained, self.runtime,
                               seed_everything(params["seed"]), on_epoch=on_finetune_epoch)

@@ -3,7 +3,6 @@ scores of any folder of images and trimaps; masks and overlays for any photos (`
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from pathlib import Path
@@ -32,17 +31,9 @@ from unet_ssl.data.images import IMAGE_SUFFIXES, BadInputError, DecodedImage, de
 from unet_ssl.data.prepared import load_tensors
 from unet_ssl.data.species import SPECIES, species
 from unet_ssl.data.splits import split_indices
-from unet_ssl.paths import FINETUNED, METRICS, PETS, PREDICTIONS
+from unet_ssl.paths import FINETUNED, PETS, PREDICTIONS, TEST_SCORES
+from unet_ssl.render import score_record
 from unet_ssl.tracking.mlflow_runs import log_to_pipeline, stage_run, summary_metrics
-
-
-def readable(scores: dict) -> dict:
-    """Per-class lists -> {class name: value}; NaN (class absent) -> None, valid JSON."""
-    clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
-    out = {k: clean(v) for k, v in scores.items() if k != "per_class"}
-    if "per_class" in scores:
-        out["per_class"] = {m: dict(zip(CLASS_NAMES, map(clean, vals))) for m, vals in scores["per_class"].items()}
-    return out
 
 
 def scores_by_species(names: list[str], index: torch.Tensor, per_image: torch.Tensor) -> dict:
@@ -72,17 +63,18 @@ def run(params: dict) -> None:
         run.log_dict(confusion_record(test_idx, per_image), CONFUSION_ARTIFACT)
         metrics = summary_metrics("test_", scores, CLASS_NAMES)
         run.log_metrics(metrics)
-        METRICS.mkdir(exist_ok=True)
+        TEST_SCORES.parent.mkdir(exist_ok=True)
         by_species = scores_by_species(pets["names"], test_idx, per_image)
         run.log_metrics({f"test_{kind}_{m}": s[m] for kind, s in by_species.items() for m in ("f1", "jaccard")})
-        out = {"test": readable(scores), "test_by_species": by_species}
-        (METRICS / "evaluate.json").write_text(json.dumps(out, indent=2))
-        run.log_artifact(METRICS / "evaluate.json")
+        out = {"test": score_record(scores), "test_by_species": by_species}
+        TEST_SCORES.write_text(json.dumps(out, indent=2))
+        run.log_artifact(TEST_SCORES)
         PREDICTIONS.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"index": test_idx, "pred": pred.to(torch.uint8)}, PREDICTIONS)
     log_to_pipeline(params, metrics)
-    print(f"evaluate: {scores['n_images']} test images, dataset-level F1 {scores['f1']:.3f} Jaccard {scores['jaccard']:.3f} "
-          f"(paper-style F1 {scores['paper_style']['f1']:.3f} Jaccard {scores['paper_style']['jaccard']:.3f})")
+    print(f"evaluate: {scores['n_images']} test images, dataset-level F1 {scores['f1']:.3f} "
+          f"Jaccard {scores['jaccard']:.3f} (paper-style F1 {scores['paper_style']['f1']:.3f} "
+          f"Jaccard {scores['paper_style']['jaccard']:.3f})")
 
 
 INFERENCE_RUNTIME = {"device": "auto", "precision": "fp32", "channels_last": False}
@@ -102,7 +94,8 @@ def evaluate_folder(checkpoint_path: Path, images_dir: Path, trimaps_dir: Path, 
     for d in (images_dir, trimaps_dir):
         if not d.is_dir():
             raise BadInputError(d, "folder does not exist")
-    images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")}
+    images = {p.stem: p for p in sorted(images_dir.iterdir())
+              if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")}
     if not images:
         raise BadInputError(images_dir, "folder holds no images")
     trimaps = {p.stem: p for p in trimaps_dir.glob("*.png")}
@@ -114,15 +107,18 @@ def evaluate_folder(checkpoint_path: Path, images_dir: Path, trimaps_dir: Path, 
     for stem, path in images.items():
         decoded, trimap = decode_rgb(path), decode_trimap(trimaps[stem])
         if tuple(trimap.shape) != tuple(decoded.pixels.shape[1:]):
-            raise BadInputError(trimaps[stem], f"trimap size {tuple(trimap.shape)} differs from image size {tuple(decoded.pixels.shape[1:])}")
+            raise BadInputError(trimaps[stem], f"trimap size {tuple(trimap.shape)} differs from image size "
+                                               f"{tuple(decoded.pixels.shape[1:])}")
         xs.append(resize_image(decoded.pixels, size))
         ys.append(trimap_to_classes(resize_mask(trimap, size)))
     runtime = make_runtime(INFERENCE_RUNTIME)
-    scores, _ = evaluate_model(runtime.model(model), torch.stack(xs), torch.stack(ys), runtime, batch_size, paper_batch_size)
-    result = readable(scores)
+    scores, _ = evaluate_model(runtime.model(model), torch.stack(xs), torch.stack(ys), runtime, batch_size,
+                               paper_batch_size)
+    result = score_record(scores)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"evaluate: {result['n_images']} images at {size}px, F1 {scores['f1']:.3f}, Jaccard {scores['jaccard']:.3f} -> {out}")
+    print(f"evaluate: {result['n_images']} images at {size}px, F1 {scores['f1']:.3f}, "
+          f"Jaccard {scores['jaccard']:.3f} -> {out}")
     return result
 
 
@@ -193,7 +189,8 @@ def decode_all(paths: list[Path]) -> tuple[list[tuple[Path, DecodedImage]], list
     return good, bad
 
 
-def predict_photos(source: str, paths: list[Path], out: Path, batch_size: int = 16, on_bad_input: str = "error") -> dict:
+def predict_photos(source: str, paths: list[Path], out: Path, batch_size: int = 16,
+                   on_bad_input: str = "error") -> dict:
     """Writes `out/<stem>.png` (class map at the photo's own size in the official trimap values 1 pet,
     2 background, 3 border) and `out/<stem>_overlay.jpg` for every photo. With on_bad_input `error`
     every photo is decoded first and nothing is written if any is unusable (one message names them
@@ -210,7 +207,8 @@ def predict_photos(source: str, paths: list[Path], out: Path, batch_size: int = 
     if on_bad_input == "error":
         _, bad = decode_all(photos)
         if bad:
-            raise bad_input_error(bad, "fix or remove them, or pass --on-bad-input skip to write the others and list these")
+            raise bad_input_error(bad, "fix or remove them, or pass --on-bad-input skip to write the others and "
+                                       "list these")
     out.mkdir(parents=True, exist_ok=True)
     skipped: list[BadInputError] = []
     written = 0
@@ -222,7 +220,8 @@ def predict_photos(source: str, paths: list[Path], out: Path, batch_size: int = 
         maps = segment(model, [d.pixels for _, d in good], runtime, size)
         for (path, decoded), classes in zip(good, maps):
             Image.fromarray(classes_to_trimap(classes).numpy()).save(out / f"{path.stem}.png")
-            Image.fromarray(overlay(decoded.pixels, classes).permute(1, 2, 0).numpy()).save(out / f"{path.stem}_overlay.jpg", quality=90)
+            Image.fromarray(overlay(decoded.pixels, classes).permute(1, 2, 0).numpy()).save(
+                out / f"{path.stem}_overlay.jpg", quality=90)
             written += 1
     seconds = time.perf_counter() - start
     if not written:
@@ -233,6 +232,7 @@ def predict_photos(source: str, paths: list[Path], out: Path, batch_size: int = 
     for e in skipped:
         print(f"  skipped {e}")
     if ignored:
-        print(f"  ignored {len(ignored)} file(s) not named as images: {', '.join(p.name for p in ignored[:MAX_LISTED])}")
+        print(f"  ignored {len(ignored)} file(s) not named as images: "
+              f"{', '.join(p.name for p in ignored[:MAX_LISTED])}")
     return {"written": written, "skipped": [e.path for e in skipped], "ignored": [str(p) for p in ignored],
             "seconds": seconds, "seconds_per_photo": per_photo}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 
 from unet_ssl.data.expectations import pets_suites, pretrain_suites, run_suite
-from unet_ssl.paths import PETS, PRETRAIN_IMAGES, REPORTS
+from unet_ssl.paths import PETS, PRETRAIN_IMAGES, REPORTS, VALIDATION_REPORT
+from unet_ssl.render import table
 from unet_ssl.tracking.mlflow_runs import stage_run
 
-REPORT = REPORTS / "data_validation.md"
 MAX_INPUT_ROWS = 100  # input-report rows shown in the markdown report (the CSVs hold every one)
 
 
@@ -24,23 +24,25 @@ def _cell(text: object, limit: int = 300) -> str:
 
 def write_report(rows: list[dict], inputs: pd.DataFrame) -> str:
     failed = [r for r in rows if not r["success"]]
+    checks = [[r["suite"], r["expectation"], _cell(r["column"]), "pass" if r["success"] else "**FAIL**",
+               _cell(r["details"])] for r in rows]
     lines = ["# Data validation", "",
              f"{len(rows) - len(failed)} of {len(rows)} great-expectations checks passed.", "",
-             "| suite | expectation | column | result | details |", "|---|---|---|---|---|"]
-    lines += [f"| {r['suite']} | {r['expectation']} | {_cell(r['column'])} | {'pass' if r['success'] else '**FAIL**'} | {_cell(r['details'])} |"
-              for r in rows]
+             *table(["suite", "expectation", "column", "result", "details"], checks)]
     lines += ["", "## Inputs converted, ignored, excluded or skipped at prepare time", ""]
     if inputs.empty:
         lines.append("None.")
     else:
-        lines += ["| file | action | problem |", "|---|---|---|"]
-        lines += [f"| {_cell(r.file)} | {r.action} | {_cell(r.problem)} |" for r in inputs.head(MAX_INPUT_ROWS).itertuples()]
+        lines += table(["file", "action", "problem"], [[_cell(r.file), r.action, _cell(r.problem)]
+                                                        for r in inputs.head(MAX_INPUT_ROWS).itertuples()])
         if len(inputs) > MAX_INPUT_ROWS:
-            lines += ["", f"... and {len(inputs) - MAX_INPUT_ROWS} more; all are in the prepared folders' input reports: "
-                          + ", ".join(f"{n} {a}" for a, n in inputs["action"].value_counts().items()) + " in all."]
+            lines += ["", f"... and {len(inputs) - MAX_INPUT_ROWS} more; all are in the prepared folders' input "
+                          "reports: " + ", ".join(f"{n} {a}" for a, n in inputs["action"].value_counts().items())
+                          + " in all."]
     REPORTS.mkdir(exist_ok=True)
-    REPORT.write_text("\n".join(lines) + "\n")
-    return "\n".join(f"  {r['suite']}: {r['expectation']}({r['column']}) failed: {r['details'][:200]}" for r in failed)
+    VALIDATION_REPORT.write_text("\n".join(lines) + "\n")
+    return "\n".join(f"  {r['suite']}: {r['expectation']}({r['column']}) failed: {r['details'][:200]}"
+                     for r in failed)
 
 
 def run(params: dict) -> None:
@@ -49,13 +51,17 @@ def run(params: dict) -> None:
     inputs = pd.concat([pd.read_csv(PETS.parent / "input_report.csv"),
                         pd.read_csv(PRETRAIN_IMAGES.parent / "pretrain_input_report.csv")])
     with stage_run("validate", params) as run:
-        run.log_data("pets-manifest", [PETS.parent / "pets_manifest.csv", PETS.parent / "input_report.csv"], "validation")
-        run.log_data("pretrain-manifest", [PRETRAIN_IMAGES.parent / n for n in ("pretrain_manifest.csv", "pretrain_input_report.csv")], "validation")
-        rows = [row for suite in pets_suites(pets, params["data"]) + pretrain_suites(pretrain) for row in run_suite(suite)]
+        run.log_data("pets-manifest", [PETS.parent / "pets_manifest.csv", PETS.parent / "input_report.csv"],
+                     "validation")
+        run.log_data("pretrain-manifest", [PRETRAIN_IMAGES.parent / n for n in ("pretrain_manifest.csv",
+                                                                                "pretrain_input_report.csv")],
+                     "validation")
+        rows = [row for suite in pets_suites(pets, params["data"]) + pretrain_suites(pretrain)
+                for row in run_suite(suite)]
         failures = write_report(rows, inputs)
         run.log_metrics({"checks": len(rows), "failed_checks": sum(not r["success"] for r in rows)})
-        run.log_artifact(REPORT)
+        run.log_artifact(VALIDATION_REPORT)
         if failures:
-            raise DataValidationError(f"data validation failed (full report: {REPORT}):\n{failures}")
-    print(f"validate: {len(rows)} great-expectations checks passed on {len(pets)} pets and {len(pretrain)} pretraining images; "
-          f"{len(inputs)} inputs converted/ignored/excluded/skipped (see {REPORT})")
+            raise DataValidationError(f"data validation failed (full report: {VALIDATION_REPORT}):\n{failures}")
+    print(f"validate: {len(rows)} great-expectations checks passed on {len(pets)} pets and {len(pretrain)} pretraining "
+          f"images; {len(inputs)} inputs converted/ignored/excluded/skipped (see {VALIDATION_REPORT})")

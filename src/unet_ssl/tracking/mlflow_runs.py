@@ -352,7 +352,7 @@ def _find_parent(mlflow, experiment_id: str, execution: str, key: str):
     return runs[0].info.run_id if runs else None
 
 
-def _experiment_id(mlflow) -> str:
+def experiment_id(mlflow) -> str:
     """The project's experiment (created on first use), tagged as custom model development so the UI
     opens its Model training view."""
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
@@ -372,7 +372,7 @@ def ui_url(store: str | None = None, host: str = "127.0.0.1", port: int = 5000) 
     import mlflow
 
     mlflow.set_tracking_uri(store or tracking_uri())
-    return f"http://{host}:{port}/#/experiments/{_experiment_id(mlflow)}?workflowType=machine_learning"
+    return f"http://{host}:{port}/#/experiments/{experiment_id(mlflow)}?workflowType=machine_learning"
 
 
 class StageRun:
@@ -540,7 +540,7 @@ def stage_run(stage: str, params: dict, tags: dict | None = None):
         return
     root = repo_root()
     mlflow.set_tracking_uri(tracking_uri(root))
-    experiment_id = _experiment_id(mlflow)
+    experiment = experiment_id(mlflow)
     execution = current_execution()
     key = group_key(params, execution.id)
     label = describe(params, tags)
@@ -553,10 +553,10 @@ def stage_run(stage: str, params: dict, tags: dict | None = None):
            if os.environ.get("DVC_EXP_BASELINE_REV") else {}),
     }
     flat = flatten(params)
-    _end_stale_runs(mlflow, experiment_id)
-    parent_id = _find_parent(mlflow, experiment_id, execution.id, key)
+    _end_stale_runs(mlflow, experiment)
+    parent_id = _find_parent(mlflow, experiment, execution.id, key)
     if parent_id is None:
-        parent = mlflow.start_run(experiment_id=experiment_id, run_name=f"pipeline {label}".strip(), tags={
+        parent = mlflow.start_run(experiment_id=experiment, run_name=f"pipeline {label}".strip(), tags={
             **base_tags, **_headline_tags(params, tags or {}), "role": "pipeline",
             "host": execution.host, "pid": str(execution.pid), "pid_start": execution.start})
         parent_id = parent.info.run_id
@@ -564,7 +564,7 @@ def stage_run(stage: str, params: dict, tags: dict | None = None):
     else:
         mlflow.start_run(run_id=parent_id)
     _current[key] = parent_id
-    mlflow.start_run(experiment_id=experiment_id, run_name=f"{stage} {label}".strip(), nested=True, tags={
+    mlflow.start_run(experiment_id=experiment, run_name=f"{stage} {label}".strip(), nested=True, tags={
         **base_tags, **{k: str(v) for k, v in (tags or {}).items()}, "role": "stage", "stage": stage,
         "host": socket.gethostname(), "pid": str(os.getpid()), "pid_start": process_start(os.getpid())})
     mlflow.log_params(flat)
@@ -592,7 +592,7 @@ def log_to_pipeline(params: dict, metrics: dict) -> None:
         return
     mlflow.set_tracking_uri(tracking_uri(repo_root()))
     key = group_key(params, current_execution().id)
-    parent_id = _current.get(key) or _find_parent(mlflow, _experiment_id(mlflow), current_execution().id, key)
+    parent_id = _current.get(key) or _find_parent(mlflow, experiment_id(mlflow), current_execution().id, key)
     if parent_id:
         _log_metrics(mlflow.MlflowClient(), parent_id, metrics)
     else:
