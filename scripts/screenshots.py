@@ -51,7 +51,8 @@ def store_has_pipeline_runs(db: Path) -> bool:
     try:
         with sqlite3.connect(db) as con:
             return con.execute(
-                "select count(*) from runs r join tags t on t.run_uuid = r.run_uuid and t.key = 'role' and t.value = 'pipeline' "
+                "select count(*) from runs r join tags t on t.run_uuid = r.run_uuid "
+                "and t.key = 'role' and t.value = 'pipeline' "
                 "join latest_metrics m on m.run_uuid = r.run_uuid and m.key = 'test_jaccard' "
                 "where r.status = 'FINISHED' and r.lifecycle_stage = 'active'").fetchone()[0] > 0
     except sqlite3.Error:
@@ -115,7 +116,8 @@ def start_ui(store: str, port: int) -> subprocess.Popen:
     cmd = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
            "--port", str(port), "--workers", "1"]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -183,7 +185,8 @@ def widen(page, col_id: str, pixels: int) -> None:
 
 def widen_run_list(page, pixels: int) -> None:
     """Drags the splitter between the run list and the charts, so run names show in full."""
-    rect = page.evaluate("""() => { for (const e of document.querySelectorAll('div')) { const r = e.getBoundingClientRect();
+    rect = page.evaluate("""() => { for (const e of document.querySelectorAll('div')) {
+        const r = e.getBoundingClientRect();
         if (getComputedStyle(e).cursor === 'ew-resize' && r.height > 300) return {x: r.x + r.width / 2, y: r.y + 150}; }
         return null; }""")
     if rect:
@@ -203,7 +206,8 @@ def select_columns(page, show: list[str], hide: list[str]) -> None:
     for name, wanted in [*((n, True) for n in show), *((n, False) for n in hide)]:
         search.fill(name)
         title = page.locator(".du-bois-light-tree-title", has_text=re.compile(f"^{re.escape(name)}$"))
-        box = page.locator(".du-bois-light-tree-treenode").filter(has=title).first.locator(".du-bois-light-tree-checkbox")
+        node = page.locator(".du-bois-light-tree-treenode").filter(has=title).first
+        box = node.locator(".du-bois-light-tree-checkbox")
         if ("checkbox-checked" in (box.get_attribute("class") or "")) != wanted:
             box.click()
     page.keyboard.press("Escape")

@@ -154,9 +154,13 @@ def check_arch(ckpt_arch: dict, wanted: UNetConfig, path: Path, ignore: tuple[st
         raise CheckpointError(f"checkpoint {path} does not match the requested architecture: " + "; ".join(diffs))
 
 
-def load_model(path: Path) -> UNet:
-    """Rebuilds a full U-Net from a checkpoint written by `model_checkpoint`."""
-    ckpt = load(path)
+def model_from(ckpt: dict, path: Path = Path("<checkpoint>")) -> UNet:
+    """Rebuilds a full U-Net from a checkpoint dict written by `model_checkpoint` (loaded or just trained)."""
     model = UNet(arch_of(ckpt, path))
     model.load_state_dict(ckpt["model"])
     return model
+
+
+def load_model(path: Path) -> UNet:
+    """Rebuilds a full U-Net from a checkpoint file written by `model_checkpoint`."""
+    return model_from(load(path), path)

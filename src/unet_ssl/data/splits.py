@@ -62,3 +62,10 @@ def subset_indices(train_indices: torch.Tensor, subset: float, seed: int) -> tor
     order = torch.randperm(len(train_indices), generator=torch.Generator().manual_seed(seed))
     k = max(1, round(len(train_indices) * subset / FULL_TRAINING_FRACTION))
     return train_indices[order[:k]].sort().values
+
+
+def finetuning_splits(split: torch.Tensor, subset: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pets one fine-tuning run sees: its seeded `subset` of the training split, then the whole validation
+    and test splits (which never change with the subset or the seed)."""
+    return subset_indices(split_indices(split, "train"), subset, seed), split_indices(split, "val"), \
+        split_indices(split, "test")

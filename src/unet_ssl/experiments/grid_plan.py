@@ -43,6 +43,7 @@ class Cell:
     skip_connections: bool = True
     subset: float = 0.9
     projection: str = "bottleneck"  # SimCLR's projection head: bottleneck | multi_level
+    recompute_bn: bool = False  # re-estimate batch-norm statistics on the training pets before fine-tuning
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -56,7 +57,8 @@ class Cell:
         head = "-multilevel" if self.projection == "multi_level" else ""
         encoder = "frozen" if self.freeze_encoder else "trained"
         skips = "skip" if self.skip_connections else "noskip"
-        return f"{self.method}{head}-{encoder}-{skips}-{self.subset * 100:g}".replace(".", "p")
+        norms = "-bnrecomputed" if self.recompute_bn else ""
+        return f"{self.method}{head}-{encoder}{norms}-{skips}-{self.subset * 100:g}".replace(".", "p")
 
     @property
     def pretraining(self) -> tuple[str, str, bool]:
@@ -102,6 +104,10 @@ TABLE1 = Table(
         Row("none: frozen random encoder (baseline)", (Cell("none"),)),
         Row("none: trained from scratch (baseline)", (Cell("none", freeze_encoder=False),)),
         Row("SimCLR, multi-level projection head (ours)", (Cell("simclr", projection="multi_level"),)),
+        *(Row(f"{label}, batch-norm statistics recomputed on the pets (ours)", (Cell(method, recompute_bn=True),))
+          for method, label in (("simclr", "SimCLR"), ("mae_patch", "MAE, patch masking"),
+                                ("mae_pixel", "MAE, pixel masking"), ("mae_none", "MAE, no masking"),
+                                ("none", "none: frozen random encoder"))),
     ),
 )
 
@@ -186,7 +192,9 @@ def plan(params: dict) -> dict:
                 "dir": f"{home(cell)}/{cell.name}/s{seed}",
                 "pretrain": key,
                 "finetune": {**params["finetune"], "freeze_encoder": cell.freeze_encoder,
-                             "skip_connections": cell.skip_connections, "subset": cell.subset},
+                             "skip_connections": cell.skip_connections, "subset": cell.subset,
+                             "recompute_bn_stats": cell.recompute_bn},
+                "runtime": {**params["runtime"], **(params["grid"].get("finetune_runtime") or {})},
             }
     return {"pretrain": pretrain_runs, "finetune": finetune_runs}
 

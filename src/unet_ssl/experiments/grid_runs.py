@@ -20,13 +20,12 @@ from unet_ssl.config import CLASS_NAMES
 from unet_ssl.core import checkpoint
 from unet_ssl.core.finetuning import FinetuneConfig, finetune
 from unet_ssl.core.inference import evaluate_model
-from unet_ssl.core.model import UNet, UNetConfig
 from unet_ssl.core.pretraining import PretrainConfig, pretrain
 from unet_ssl.core.runtime import make_runtime, seed_everything
 from unet_ssl.core.stats import confusion_record, per_image_confusion
 from unet_ssl.data.preparation import prepare_pets, prepare_pretrain
-from unet_ssl.data.prepared import load_tensors
-from unet_ssl.data.splits import split_indices, subset_indices
+from unet_ssl.data.prepared import load_pets, load_tensors
+from unet_ssl.data.splits import finetuning_splits
 from unet_ssl.experiments import grid_plan
 from unet_ssl.paths import (
     GRID_PARAMS,
@@ -173,25 +172,21 @@ def finetune_run(params: dict, key: str) -> None:
     cell = grid_plan.cell_by_name(entry["cell"])
     cfg = FinetuneConfig(**entry["finetune"])
     seed = entry["seed"]
-    pets = load_tensors(GRID_PETS)
-    if pets["images"].shape[-1] != cfg.image_size:
-        raise ValueError(f"{GRID_PETS} holds {pets['images'].shape[-1]}px pets but finetune.image_size is "
-                         f"{cfg.image_size}; "
-                         "the profile must set data.image_size to the same value")
-    train_idx = subset_indices(split_indices(pets["split"], "train"), cfg.subset, seed)
-    val_idx, test_idx = split_indices(pets["split"], "val"), split_indices(pets["split"], "test")
+    pets = load_pets(GRID_PETS, cfg.image_size)
+    train_idx, val_idx, test_idx = finetuning_splits(pets["split"], cfg.subset, seed)
     source = GRID_PRETRAINED / entry["pretrain"]
     pretrained = checkpoint.load(source / "pretrained.pt")
     pretraining = json.loads((source / "pretrain.json").read_text())
-    runtime = make_runtime(params["runtime"])
+    runtime = make_runtime(entry["runtime"])  # the profile's runtime with grid.finetune_runtime applied
     generator = seed_everything(seed)
     tables = [t.name for t in grid_plan.TABLES.values() if cell in t.cells]
     run_params = {"seed": seed, "data": params["data"], "pretrain": pretraining["config"],
-                  "finetune": entry["finetune"], "evaluate": params["evaluate"], "runtime": params["runtime"],
+                  "finetune": entry["finetune"], "evaluate": params["evaluate"], "runtime": entry["runtime"],
                   "grid": {"profile": params["profile"], "cell": cell.name, "run": key,
                            "pretrain_run": entry["pretrain"]}}
     tags = {"method": cell.method, "projection": cell.projection, "freeze_encoder": cell.freeze_encoder,
-            "skip_connections": cell.skip_connections, "subset": cell.subset, "seed": seed, "grid_cell": cell.name,
+            "skip_connections": cell.skip_connections, "subset": cell.subset, "recompute_bn_stats": cell.recompute_bn,
+            "seed": seed, "grid_cell": cell.name,
             "grid_tables": ",".join(tables), "grid_profile": params["profile"], "grid_run": key}
     out = run_dir(entry)
     out.mkdir(parents=True, exist_ok=True)
@@ -207,8 +202,7 @@ def finetune_run(params: dict, key: str) -> None:
                           resume_path=resume, resume_key=identity, on_epoch=lambda e, row: run.log_metrics(row, step=e),
                           pretrained_path=source / "pretrained.pt")
         train_seconds = time.perf_counter() - start
-        model = UNet(UNetConfig.from_dict(result["arch"]))
-        model.load_state_dict(result["model"])
+        model = checkpoint.model_from(result)
         ev = params["evaluate"]
         scores, pred = evaluate_model(runtime.model(model), pets["images"][test_idx], pets["masks"][test_idx], runtime,
                                       ev["batch_size"], ev["paper_batch_size"])
@@ -221,7 +215,8 @@ def finetune_run(params: dict, key: str) -> None:
         record = {
             "key": key, "cell": cell.name, "tables": tables, "seed": seed, "method": cell.method,
             "projection": cell.projection, "freeze_encoder": cell.freeze_encoder,
-            "skip_connections": cell.skip_connections, "subset": cell.subset, "profile": params["profile"],
+            "skip_connections": cell.skip_connections, "subset": cell.subset, "recompute_bn_stats": cell.recompute_bn,
+            "precision": entry["runtime"]["precision"], "profile": params["profile"],
             "pretrain_run": entry["pretrain"], "pretrain_mlflow_run_id": pretraining["mlflow_run_id"],
             "pretrain_seconds": pretraining["seconds"], "finetune": entry["finetune"],
             "n_train": len(train_idx), "n_val": len(val_idx), "test": score_record(scores),

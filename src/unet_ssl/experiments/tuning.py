@@ -25,8 +25,8 @@ from mlflow.entities import Metric, Param, RunTag
 from unet_ssl.core.finetuning import FinetuneConfig, finetune
 from unet_ssl.core.pretraining import PretrainConfig, pretrain
 from unet_ssl.core.runtime import NonFiniteLossError, make_runtime, seed_everything
-from unet_ssl.data.prepared import load_tensors
-from unet_ssl.data.splits import split_indices, subset_indices
+from unet_ssl.data.prepared import load_pets, load_tensors
+from unet_ssl.data.splits import finetuning_splits
 from unet_ssl.paths import PETS, PRETRAIN_IMAGES
 from unet_ssl.tracking import mlflow_runs
 
@@ -234,16 +234,12 @@ class Objective:
         self.space = search_space(params["tune"])
         self.runs = runs
         self.runtime = make_runtime(params["runtime"])
-        self.pets = load_tensors(PETS)
+        self.pets = load_pets(PETS, params["finetune"]["image_size"])
         self.pretrain_images = self._pretrain_images(params)
-        self.train_idx = subset_indices(split_indices(self.pets["split"], "train"),
-                                        params["tune"]["finetune_subset"], params["seed"])
-        self.val_idx = split_indices(self.pets["split"], "val")
+        self.train_idx, self.val_idx, _ = finetuning_splits(self.pets["split"], params["tune"]["finetune_subset"],
+                                                            params["seed"])
         if not len(self.val_idx):
             raise ValueError(f"{PETS} has no validation split; tuning needs data.val_fraction > 0")
-        if self.pets["images"].shape[-1] != params["finetune"]["image_size"]:
-            raise ValueError(f"{PETS} holds {self.pets['images'].shape[-1]}px images but finetune.image_size is "
-                             f"{params['finetune']['image_size']}; set data.image_size to the same value")
         if "pretrain.temperature" in {d.name for d in self.space} and params["pretrain"]["method"] != "simclr":
             raise ValueError(f"tune.space searches pretrain.temperature, which only SimCLR uses, "
                              f"but pretrain.method is {params['pretrain']['method']!r}")

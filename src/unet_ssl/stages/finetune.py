@@ -7,10 +7,9 @@ import pandas as pd
 
 from unet_ssl.core import checkpoint
 from unet_ssl.core.finetuning import FinetuneConfig, finetune
-from unet_ssl.core.model import UNet, UNetConfig
 from unet_ssl.core.runtime import make_runtime, seed_everything
-from unet_ssl.data.prepared import load_tensors
-from unet_ssl.data.splits import split_indices, subset_indices
+from unet_ssl.data.prepared import load_pets
+from unet_ssl.data.splits import finetuning_splits
 from unet_ssl.paths import FINETUNED, METRICS, PETS, PRETRAINED, RESUME
 from unet_ssl.tracking.mlflow_runs import stage_run
 
@@ -19,12 +18,8 @@ def run(params: dict) -> None:
     cfg = FinetuneConfig(**params["finetune"])
     runtime = make_runtime(params["runtime"])
     generator = seed_everything(params["seed"])
-    pets = load_tensors(PETS)
-    if pets["images"].shape[-1] != cfg.image_size:
-        raise ValueError(f"{PETS} holds {pets['images'].shape[-1]}px images but finetune.image_size is "
-                         f"{cfg.image_size}; set data.image_size to the same value")
-    train_idx = subset_indices(split_indices(pets["split"], "train"), cfg.subset, params["seed"])
-    val_idx = split_indices(pets["split"], "val")
+    pets = load_pets(PETS, cfg.image_size)
+    train_idx, val_idx, _ = finetuning_splits(pets["split"], cfg.subset, params["seed"])
     pretrained = checkpoint.load(PRETRAINED)
     tags = {"method": pretrained["method"], "freeze_encoder": cfg.freeze_encoder,
             "skip_connections": cfg.skip_connections, "subset": cfg.subset, "seed": params["seed"]}
@@ -47,8 +42,7 @@ def run(params: dict) -> None:
         best = max((r.get("val_jaccard", float("nan")) for r in result["history"]), default=float("nan"))
         run.log_to_pipeline({"best_val_jaccard": best})
         run.log_artifact(FINETUNED, "checkpoints")
-        model = UNet(UNetConfig.from_dict(result["arch"]))
-        model.load_state_dict(result["model"])
+        model = checkpoint.model_from(result)
         run.log_pytorch_model(model, cfg.image_size)
     print(f"finetune: {len(train_idx)} training images ({cfg.subset:.0%} of the labelled set), {cfg.epochs} epochs, "
           f"encoder {'frozen' if cfg.freeze_encoder else 'trained'}, skips {'on' if cfg.skip_connections else 'off'}; "

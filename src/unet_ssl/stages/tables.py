@@ -11,7 +11,7 @@ from unet_ssl.tracking.mlflow_runs import stage_run
 def table(name: str) -> None:
     params = load_params(GRID_PARAMS)
     paper = grid_plan.TABLES[name]
-    frame = paper_tables.metric_frame(grid_runs.results(params, paper.cells))
+    frame = paper_tables.metric_frame(grid_runs.results(params, paper.cells), paper_tables.pet_names())
     with stage_run(f"grid_{name}", {k: params[k] for k in ("profile", "grid", "data", "pretrain", "finetune")}) as run:
         report = paper_tables.write_report(params, paper, frame)
         run.log_artifact(report, "report")

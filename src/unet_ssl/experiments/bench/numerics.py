@@ -10,13 +10,13 @@ from typing import Callable
 import numpy as np
 
 from unet_ssl.config import FinetuneConfig
+from unet_ssl.core import checkpoint
 from unet_ssl.core.finetuning import NUM_CLASSES, finetune
 from unet_ssl.core.inference import predict
 from unet_ssl.core.metrics import ConfusionMatrix
-from unet_ssl.core.model import UNet, UNetConfig
 from unet_ssl.core.runtime import make_runtime, seed_everything
 from unet_ssl.core.stats import paired_bootstrap, per_image_confusion
-from unet_ssl.data.splits import split_indices, subset_indices
+from unet_ssl.data.splits import finetuning_splits
 from unet_ssl.experiments.bench.loading import BenchData
 
 
@@ -34,16 +34,14 @@ def bf16_numerics(data: BenchData, params: dict, seeds: list[int], epochs: int, 
     cfg = FinetuneConfig(**{**params["finetune"], "epochs": epochs})
     rows = []
     for seed in seeds:
-        train_idx = subset_indices(split_indices(data.split, "train"), cfg.subset, seed)
-        val_idx, test_idx = split_indices(data.split, "val"), split_indices(data.split, "test")
+        train_idx, val_idx, test_idx = finetuning_splits(data.split, cfg.subset, seed)
         for precision in ("fp32", "bf16"):
             runtime = make_runtime({**params["runtime"], "device": device, "precision": precision})
             generator = seed_everything(seed)
             start = time.perf_counter()
             result = finetune(data.pets, data.masks, train_idx, val_idx, cfg, None, runtime, generator)
             seconds = time.perf_counter() - start
-            model = UNet(UNetConfig.from_dict(result["arch"]))
-            model.load_state_dict(result["model"])
+            model = checkpoint.model_from(result)
             model = runtime.model(model)
             row = {"seed": seed, "precision": precision, "seconds": seconds,
                    "final_train_loss": result["history"][-1]["train_loss"], "selected_epoch": result["selected_epoch"],
