@@ -16,11 +16,7 @@ import torch
 import yaml
 
 from unet_ssl.cli import main
-from unet_ssl.core.stats import (
-    CONFUSION_ARTIFACT,
-    confusion_record,
-    per_image_confusion,
-)
+from unet_ssl.core.stats import confusion_record, per_image_confusion
 from unet_ssl.data.preparation import prepare_pets, prepare_pretrain
 from unet_ssl.experiments.tuning import (
     ORIGIN_ATTR,
@@ -32,7 +28,7 @@ from unet_ssl.experiments.tuning import (
     search_space,
     storage_path,
 )
-from unet_ssl.paths import PETS, PRETRAIN_IMAGES
+from unet_ssl.paths import CONFUSION_ARTIFACT, PETS, PRETRAIN_IMAGES
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {

@@ -11,7 +11,6 @@ import torch
 from unet_ssl.core.metrics import confusion_matrix
 
 NO_VERDICT = "within noise"
-CONFUSION_ARTIFACT = "test_confusion.json"  # MLflow artifact of an evaluate run: its `confusion_record`
 PerImage = tuple[np.ndarray, np.ndarray]  # (test image indices, (N, C, C) confusion matrices) of one run
 
 

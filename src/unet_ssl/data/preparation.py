@@ -21,6 +21,14 @@ from unet_ssl.data.images import (
     trimap_to_classes,
 )
 from unet_ssl.data.splits import SPLIT_CODES, assign_splits
+from unet_ssl.paths import (
+    PETS_INPUT_REPORT,
+    PETS_MANIFEST,
+    PETS_TENSORS,
+    PRETRAIN_INPUT_REPORT,
+    PRETRAIN_MANIFEST,
+    PRETRAIN_TENSORS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +183,7 @@ def prepare_pets(raw_dir: Path, out_dir: Path, params: dict, seed: int) -> pd.Da
             "border_fraction": counts[2].item() / classes.numel(),
             "sha256": hashlib.sha256(image_path.read_bytes()).hexdigest(),
         })
-    report_file = out_dir / "input_report.csv"
+    report_file = out_dir / PETS_INPUT_REPORT
     report.check(report_file)
     if not rows:
         raise BadInputError(pets_dir, f"no usable image/trimap pairs ({len(report.problems)} unusable files skipped)")
@@ -189,8 +197,8 @@ def prepare_pets(raw_dir: Path, out_dir: Path, params: dict, seed: int) -> pd.Da
         "masks": torch.stack(masks),
         "split": torch.tensor([SPLIT_CODES[s] for s in splits], dtype=torch.uint8),
         "names": names,
-    }, out_dir / "pets.pt")
-    manifest.to_csv(out_dir / "pets_manifest.csv", index=False)
+    }, out_dir / PETS_TENSORS)
+    manifest.to_csv(out_dir / PETS_MANIFEST, index=False)
     report.frame().to_csv(report_file, index=False)
     return manifest
 
@@ -271,15 +279,15 @@ def prepare_pretrain(raw_dir: Path, out_dir: Path, params: dict, seed: int) -> p
                 rows.append({"shard": shard.name, "member": member.name, "wnid": Path(member.name).name.split("_")[0],
                              "original_mode": decoded.original_mode, "sha256": hashlib.sha256(data).hexdigest()})
     progress.close()
-    report_file = out_dir / "pretrain_input_report.csv"
+    report_file = out_dir / PRETRAIN_INPUT_REPORT
     report.check(report_file)
     if not images:
         raise BadInputError(pretrain_dir,
                             f"no usable pretraining images ({len(report.problems)} unusable files skipped)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"images": torch.stack(images)}, out_dir / "pretrain.pt")
+    torch.save({"images": torch.stack(images)}, out_dir / PRETRAIN_TENSORS)
     manifest = pd.DataFrame(rows)
-    manifest.to_csv(out_dir / "pretrain_manifest.csv", index=False)
+    manifest.to_csv(out_dir / PRETRAIN_MANIFEST, index=False)
     report.frame().to_csv(report_file, index=False)
     return manifest
 

@@ -20,7 +20,15 @@ from unet_ssl.core.runtime import make_runtime  # noqa: E402
 from unet_ssl.data.prepared import load_tensors  # noqa: E402
 from unet_ssl.data.splits import split_indices  # noqa: E402
 from unet_ssl.experiments import grid_plan  # noqa: E402
-from unet_ssl.paths import GRID_PETS, GRID_PRETRAINED, MAE_FIGURE, RESOLUTION_PLOT  # noqa: E402
+from unet_ssl.paths import (  # noqa: E402
+    GRID_FINETUNED_CHECKPOINT,
+    GRID_PETS,
+    GRID_PRETRAIN_RECORD,
+    GRID_PRETRAINED,
+    GRID_PRETRAINED_CHECKPOINT,
+    MAE_FIGURE,
+    RESOLUTION_PLOT,
+)
 from unet_ssl.render import percent  # noqa: E402
 
 PALETTE = torch.tensor([[230, 90, 40], [40, 40, 40], [250, 220, 90]], dtype=torch.uint8)  # pet, background, border
@@ -60,7 +68,7 @@ def learning_curves(frame: pd.DataFrame, table: grid_plan.Table, path: Path) -> 
 def pretraining_curves(frame: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in sorted(set(frame["pretrain_run"])) if len(frame) else []:
-        record = json.loads((GRID_PRETRAINED / key / "pretrain.json").read_text())
+        record = json.loads((GRID_PRETRAINED / key / GRID_PRETRAIN_RECORD).read_text())
         if record["history"]:
             ax.plot([h["epoch"] for h in record["history"]], [h["loss"] for h in record["history"]], marker=".",
                     label=key)
@@ -110,7 +118,7 @@ def prediction_grid(params: dict, frame: pd.DataFrame, cells: list[grid_plan.Cel
         runs = frame[frame["cell"] == cell.name].sort_values("seed") if len(frame) else frame
         if runs.empty:
             continue
-        model = runtime.model(checkpoint.load_model(Path(runs["path"].iloc[0]) / "finetuned.pt"))
+        model = runtime.model(checkpoint.load_model(Path(runs["path"].iloc[0]) / GRID_FINETUNED_CHECKPOINT))
         pred = predict(model, pets["images"][test_idx], runtime, params["evaluate"]["batch_size"])
         columns.append((f"{cell.name}\n(seed {int(runs['seed'].iloc[0])})", colourise(pred)))
     fig, axes = plt.subplots(len(test_idx), len(columns), figsize=(1.7 * len(columns), 1.8 * len(test_idx)),
@@ -132,7 +140,7 @@ def mae_figure(params: dict, path: Path = MAE_FIGURE) -> None:
     keys = {}
     for key, entry in sorted(params["plan"]["pretrain"].items(), key=lambda kv: kv[1]["seed"]):
         method = entry["pretrain"]["method"]
-        if method.startswith("mae_") and (GRID_PRETRAINED / key / "pretrained.pt").is_file():
+        if method.startswith("mae_") and (GRID_PRETRAINED / key / GRID_PRETRAINED_CHECKPOINT).is_file():
             keys.setdefault(method, key)
     rows = []
     for method, key in keys.items():
@@ -142,7 +150,7 @@ def mae_figure(params: dict, path: Path = MAE_FIGURE) -> None:
                                             antialias=True)
         mask = augment.make_mask(method.removeprefix("mae_"), len(x), size, size, torch.Generator().manual_seed(0),
                                  cfg["mask_patch"], cfg["mask_ratio"])
-        model = checkpoint.load_model(GRID_PRETRAINED / key / "pretrained.pt").eval()
+        model = checkpoint.load_model(GRID_PRETRAINED / key / GRID_PRETRAINED_CHECKPOINT).eval()
         with torch.inference_mode():
             recon = model(x * (1 - mask)).clamp(0, 1)
         rows += [(f"{key}\noriginal", x), (f"{key}\nmasked ({percent(mask.mean())})", x * (1 - mask)),

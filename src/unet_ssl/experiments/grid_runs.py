@@ -28,13 +28,17 @@ from unet_ssl.data.prepared import load_pets, load_tensors
 from unet_ssl.data.splits import finetuning_splits
 from unet_ssl.experiments import grid_plan
 from unet_ssl.paths import (
+    GRID_FINETUNED_CHECKPOINT,
     GRID_PARAMS,
     GRID_PETS,
     GRID_PRETRAIN_IMAGES,
+    GRID_PRETRAIN_RECORD,
     GRID_PRETRAINED,
-    GRID_RESUME,
+    GRID_PRETRAINED_CHECKPOINT,
+    GRID_RESULT,
     GRID_RUNS,
     GRID_VALIDATION,
+    grid_resume,
 )
 from unet_ssl.render import score_record
 from unet_ssl.tracking.mlflow_runs import stage_run, summary_metrics
@@ -140,21 +144,21 @@ def pretrain_run(params: dict, key: str) -> None:
         if images is not None:
             run.log_data("pretrain", GRID_PRETRAIN_IMAGES, "training")
         start, cpu_start = time.perf_counter(), time.process_time()
-        resume = GRID_RESUME / f"pretrain-{key}.pt"
+        resume = grid_resume("pretrain", key)
         identity = checkpoint.resume_key(run_params, ["seed", "pretrain", "finetune", "runtime"],
                                          {"data": GRID_PRETRAIN_IMAGES} if images is not None else {})
         result = pretrain(images, cfg, skips, runtime, generator, resume_path=resume, resume_key=identity,
                           on_epoch=lambda e, row: run.log_metrics({"loss": row["loss"]}, step=e))
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-        checkpoint.save_atomic(result, out / "pretrained.pt")
+        checkpoint.save_atomic(result, out / GRID_PRETRAINED_CHECKPOINT)
         resume.unlink(missing_ok=True)
         run.log_metrics({"pretrain_seconds": seconds})
         record = {"key": key, "seed": seed, "skip_connections": skips, "config": entry["pretrain"],
                   "n_images": 0 if images is None else int(images.shape[0]), "history": result["history"],
                   "seconds": seconds, "cpu_seconds": cpu_seconds, "started": started, "finished": now(),
                   "device": str(runtime.device), "mlflow_run_id": run.run_id}
-        (out / "pretrain.json").write_text(json.dumps(record, indent=2))
-        run.log_artifact(out / "pretrain.json")
+        (out / GRID_PRETRAIN_RECORD).write_text(json.dumps(record, indent=2))
+        run.log_artifact(out / GRID_PRETRAIN_RECORD)
     print(f"grid pretrain {key}: {cfg.method} on {record['n_images']} photos, {seconds:.0f}s on {runtime.device}")
 
 
@@ -175,8 +179,9 @@ def finetune_run(params: dict, key: str) -> None:
     pets = load_pets(GRID_PETS, cfg.image_size)
     train_idx, val_idx, test_idx = finetuning_splits(pets["split"], cfg.subset, seed)
     source = GRID_PRETRAINED / entry["pretrain"]
-    pretrained = checkpoint.load(source / "pretrained.pt")
-    pretraining = json.loads((source / "pretrain.json").read_text())
+    pretrained_path = source / GRID_PRETRAINED_CHECKPOINT
+    pretrained = checkpoint.load(pretrained_path)
+    pretraining = json.loads((source / GRID_PRETRAIN_RECORD).read_text())
     runtime = make_runtime(entry["runtime"])  # the profile's runtime with grid.finetune_runtime applied
     generator = seed_everything(seed)
     tables = [t.name for t in grid_plan.TABLES.values() if cell in t.cells]
@@ -195,12 +200,12 @@ def finetune_run(params: dict, key: str) -> None:
         run.log_metrics({"n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(test_idx)})
         run.log_data("pets", GRID_PETS, "training")
         start, cpu_start = time.perf_counter(), time.process_time()
-        resume = GRID_RESUME / f"finetune-{key}.pt"
+        resume = grid_resume("finetune", key)
         identity = checkpoint.resume_key(run_params, ["seed", "pretrain", "finetune", "runtime"],
-                                         {"data": GRID_PETS, "pretrained checkpoint": source / "pretrained.pt"})
+                                         {"data": GRID_PETS, "pretrained checkpoint": pretrained_path})
         result = finetune(pets["images"], pets["masks"], train_idx, val_idx, cfg, pretrained, runtime, generator,
                           resume_path=resume, resume_key=identity, on_epoch=lambda e, row: run.log_metrics(row, step=e),
-                          pretrained_path=source / "pretrained.pt")
+                          pretrained_path=pretrained_path)
         train_seconds = time.perf_counter() - start
         model = checkpoint.model_from(result)
         ev = params["evaluate"]
@@ -208,7 +213,7 @@ def finetune_run(params: dict, key: str) -> None:
                                       ev["batch_size"], ev["paper_batch_size"])
         per_image = per_image_confusion(pred, pets["masks"][test_idx], len(CLASS_NAMES))
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-        checkpoint.save_atomic(result, out / "finetuned.pt")
+        checkpoint.save_atomic(result, out / GRID_FINETUNED_CHECKPOINT)
         resume.unlink(missing_ok=True)
         run.log_metrics(summary_metrics("test_", scores, CLASS_NAMES) | {"finetune_seconds": train_seconds,
                                                                         "selected_epoch": result["selected_epoch"]})
@@ -225,8 +230,8 @@ def finetune_run(params: dict, key: str) -> None:
             "seconds": seconds, "cpu_seconds": cpu_seconds, "started": started, "finished": now(),
             "device": str(runtime.device), "mlflow_run_id": run.run_id,
         }
-        (out / "result.json").write_text(record_json(record))
-        run.log_artifact(out / "result.json")
+        (out / GRID_RESULT).write_text(record_json(record))
+        run.log_artifact(out / GRID_RESULT)
     print(f"grid finetune {key}: {len(train_idx)} training pets, test Jaccard {scores['jaccard']:.3f} "
           f"(paper-style {scores['paper_style']['jaccard']:.3f}), {seconds:.0f}s")
 
@@ -238,7 +243,7 @@ def results(params: dict, cells: list[grid_plan.Cell] | None = None) -> pd.DataF
     names = None if cells is None else {c.name for c in cells}
     rows = []
     for key, entry in params["plan"]["finetune"].items():
-        path = run_dir(entry) / "result.json"
+        path = run_dir(entry) / GRID_RESULT
         if (names is None or entry["cell"] in names) and path.is_file():
             rows.append(json.loads(path.read_text()) | {"path": str(path.parent)})
     return pd.DataFrame(rows)

@@ -13,7 +13,22 @@ import pandas as pd
 from unet_ssl.core.stats import PerImage, confusion_from_record, dataset_jaccard, paired_text
 from unet_ssl.data.species import SPECIES, describe_pets, species
 from unet_ssl.experiments import figures, grid_plan
-from unet_ssl.paths import GRID_DATA, GRID_PRETRAINED, MAE_FIGURE, table_figures, table_report
+from unet_ssl.paths import (
+    GRID_DATA,
+    GRID_PRETRAIN_RECORD,
+    GRID_PRETRAINED,
+    LEARNING_CURVES_FIGURE,
+    MAE_FIGURE,
+    PETS_FOLDER,
+    PETS_MANIFEST,
+    PREDICTIONS_FIGURE,
+    PRETRAIN_FOLDER,
+    PRETRAIN_MANIFEST,
+    PRETRAINING_LOSS_FIGURE,
+    SUBSET_FIGURE,
+    table_figures,
+    table_report,
+)
 from unet_ssl.render import image, mean_sd, number, percent, table
 
 SCORES = {  # column -> (label, path in a result's "test" scores)
@@ -62,7 +77,7 @@ def species_jaccard(saved: PerImage | None, names: list[str]) -> dict[str, float
 
 def pet_names(prepared: Path = GRID_DATA) -> list[str]:
     """The labelled pets' names in dataset order (the manifest's row order is the tensors' order)."""
-    return pd.read_csv(prepared / "pets" / "pets_manifest.csv")["name"].tolist()
+    return pd.read_csv(prepared / PETS_FOLDER / PETS_MANIFEST)["name"].tolist()
 
 
 def stats(frame: pd.DataFrame, cell: grid_plan.Cell, column: str) -> tuple[float, float, int]:
@@ -104,8 +119,8 @@ def scratch_baseline(cell: grid_plan.Cell) -> grid_plan.Cell:
 
 def data_statement(params: dict, prepared: Path = GRID_DATA) -> list[str]:
     """What the runs saw, from the manifests in `prepared` (pets/ and pretrain/)."""
-    pets = pd.read_csv(prepared / "pets" / "pets_manifest.csv")
-    photos = pd.read_csv(prepared / "pretrain" / "pretrain_manifest.csv")
+    pets = pd.read_csv(prepared / PETS_FOLDER / PETS_MANIFEST)
+    photos = pd.read_csv(prepared / PRETRAIN_FOLDER / PRETRAIN_MANIFEST)
     counts = pets["split"].value_counts()
     test = pets.loc[pets["split"] == "test", "name"]
     d = params["data"]
@@ -150,7 +165,7 @@ def timing_statement(frame: pd.DataFrame) -> str:
         return "- Time: no runs yet."
     pre = {}
     for record in frame.itertuples():
-        path = GRID_PRETRAINED / record.pretrain_run / "pretrain.json"
+        path = GRID_PRETRAINED / record.pretrain_run / GRID_PRETRAIN_RECORD
         if path.is_file():
             pre[record.pretrain_run] = json.loads(path.read_text())
     compute = frame["seconds"].sum() + sum(p["seconds"] for p in pre.values())
@@ -285,16 +300,16 @@ def write_report(params: dict, paper: grid_plan.Table, frame: pd.DataFrame) -> P
     folder.mkdir(parents=True, exist_ok=True)
     lines = header(paper, params, frame)
     lines += table1_lines(frame) if paper.name == "table1" else table2_lines(frame)
-    figures.learning_curves(frame, paper, folder / "learning_curves.png")
-    figures.pretraining_curves(frame, folder / "pretraining_loss.png")
+    figures.learning_curves(frame, paper, folder / LEARNING_CURVES_FIGURE)
+    figures.pretraining_curves(frame, folder / PRETRAINING_LOSS_FIGURE)
     shown = [line.cells[0] for line in paper.rows]  # the 90% column
-    figures.prediction_grid(params, frame, shown, folder / "predictions.png")
-    lines += ["## Figures", "", image("validation Jaccard per epoch", folder / "learning_curves.png", report), "",
-              image("pretraining loss", folder / "pretraining_loss.png", report), "",
-              image("example test predictions at 90%", folder / "predictions.png", report), ""]
+    figures.prediction_grid(params, frame, shown, folder / PREDICTIONS_FIGURE)
+    lines += ["## Figures", "", image("validation Jaccard per epoch", folder / LEARNING_CURVES_FIGURE, report), "",
+              image("pretraining loss", folder / PRETRAINING_LOSS_FIGURE, report), "",
+              image("example test predictions at 90%", folder / PREDICTIONS_FIGURE, report), ""]
     if paper.name == "table2":
-        figures.subset_curves(*subset_points(frame, paper), folder / "jaccard_vs_subset.png")
-        lines += [image("Jaccard vs subset size", folder / "jaccard_vs_subset.png", report), ""]
+        figures.subset_curves(*subset_points(frame, paper), folder / SUBSET_FIGURE)
+        lines += [image("Jaccard vs subset size", folder / SUBSET_FIGURE, report), ""]
     else:
         figures.mae_figure(params)
         lines += [image("MAE reconstructions", MAE_FIGURE, report), ""]

@@ -36,12 +36,19 @@ from unet_ssl.experiments.grid_plan import PAPER_TABLE2
 from unet_ssl.paths import (
     FINETUNED,
     GRID_DATA,
+    GRID_FINETUNED_CHECKPOINT,
     GRID_PARAMS,
+    GRID_PRETRAIN_RECORD,
     GRID_PRETRAINED,
+    GRID_RESULT,
     PETS,
+    PETS_FOLDER,
+    PETS_MANIFEST,
     PREDICTIONS,
     PREPARED,
     PROFILES,
+    RELEASE_CARD,
+    RELEASE_CHECKPOINT,
     TEST_SCORES,
 )
 from unet_ssl.render import number, table
@@ -49,7 +56,6 @@ from unet_ssl.render import number, table
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
-ARTIFACT = "pets-unet.pt"
 MAX_BYTES = 10 * 1024 * 1024
 PAPER_BEST_JACCARD = PAPER_TABLE2[(False, True)][0.9]  # the paper's best cell, the goal to beat
 REGISTERED_MODEL = "pets-unet"
@@ -136,10 +142,10 @@ def grid_candidates() -> list[Candidate]:
     params = load_params(GRID_PARAMS)
     out = []
     for r in results(params).itertuples():
-        path = Path(r.path) / "finetuned.pt"
+        path = Path(r.path) / GRID_FINETUNED_CHECKPOINT
         if not path.is_file():
             continue
-        pretraining = json.loads((GRID_PRETRAINED / r.pretrain_run / "pretrain.json").read_text())
+        pretraining = json.loads((GRID_PRETRAINED / r.pretrain_run / GRID_PRETRAIN_RECORD).read_text())
         settings = {"seed": r.seed, "data": params["data"], "pretrain": pretraining["config"], "finetune": r.finetune}
         out.append(Candidate(f"grid run {r.key}", path, selected_val_jaccard(checkpoint.load(path)), r.test, settings,
                              params["profile"], GRID_DATA, r.mlflow_run_id))
@@ -175,7 +181,7 @@ def candidate_per_image(c: Candidate) -> PerImage | None:
         saved = torch.load(PREDICTIONS, map_location="cpu", weights_only=True)
         masks = load_tensors(PETS)["masks"][saved["index"]]
         return saved["index"].numpy(), per_image_confusion(saved["pred"], masks, len(CLASS_NAMES)).numpy()
-    saved = json.loads((c.checkpoint.parent / "result.json").read_text()).get("test_confusion")
+    saved = json.loads((c.checkpoint.parent / GRID_RESULT).read_text()).get("test_confusion")
     return None if saved is None else confusion_from_record(saved)
 
 
@@ -186,7 +192,7 @@ def species_lines(c: Candidate) -> list[str]:
     if saved is None:
         return ["Per species: not recorded for this run."]
     index, matrices = saved
-    names = pd.read_csv(c.prepared / "pets" / "pets_manifest.csv")["name"].tolist()
+    names = pd.read_csv(c.prepared / PETS_FOLDER / PETS_MANIFEST)["name"].tolist()
     kinds = np.array([species(names[i]) for i in index])
     rows = []
     for kind in SPECIES:
@@ -283,7 +289,7 @@ def model_card(c: Candidate, candidates: list[Candidate], path: Path, sha256: st
 def publish(c: Candidate, out: Path, candidates: list[Candidate]) -> Path:
     """Copies the checkpoint to `out`, proves it loads the safe way, writes the model card."""
     out.mkdir(parents=True, exist_ok=True)
-    dest = out / ARTIFACT
+    dest = out / RELEASE_CHECKPOINT
     shutil.copyfile(c.checkpoint, dest)
     if dest.stat().st_size > MAX_BYTES:
         raise ReleaseError(f"{dest} is {dest.stat().st_size / 2 ** 20:.1f} MiB, over the "
@@ -291,7 +297,7 @@ def publish(c: Candidate, out: Path, candidates: list[Candidate]) -> Path:
     torch.load(dest, map_location="cpu", weights_only=True)
     checkpoint.load_model(dest)
     sha256 = hashlib.sha256(dest.read_bytes()).hexdigest()
-    (out / "README.md").write_text(model_card(c, candidates, dest, sha256))
+    (out / RELEASE_CARD).write_text(model_card(c, candidates, dest, sha256))
     return dest
 
 
@@ -343,7 +349,7 @@ def run(params: dict, out: Path, include_grid: bool = False) -> Candidate:
     best = choose(candidates)
     dest = publish(best, out, candidates)
     print(f"release: {best.source} -> {dest} (validation Jaccard {number(best.val_jaccard)}, "
-          f"test Jaccard {number(best.test['jaccard'])}), model card {out / 'README.md'}")
+          f"test Jaccard {number(best.test['jaccard'])}), model card {out / RELEASE_CARD}")
     version = register(dest, {"source": best.source, "source_run_id": best.mlflow_run_id or "unknown",
                               "sha256": hashlib.sha256(dest.read_bytes()).hexdigest()})
     print(f"release: registered {REGISTERED_MODEL} version {version.version} as @{ALIAS} "

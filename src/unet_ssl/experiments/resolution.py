@@ -18,7 +18,14 @@ from unet_ssl.data.images import decode_rgb, decode_trimap, trimap_to_classes
 from unet_ssl.experiments import figures, grid_plan
 from unet_ssl.experiments.grid_runs import results
 from unet_ssl.experiments.paper_tables import data_statement
-from unet_ssl.paths import GRID_PETS, GRID_RESOLUTION_SCORES, RESOLUTION_PLOT, RESOLUTION_REPORT
+from unet_ssl.paths import (
+    GRID_FINETUNED_CHECKPOINT,
+    GRID_PETS,
+    GRID_RESOLUTION_SCORES,
+    PETS_MANIFEST,
+    RESOLUTION_PLOT,
+    RESOLUTION_REPORT,
+)
 from unet_ssl.render import image, mean_sd, table
 
 COLUMNS = ["cell", "seed", "size", "jaccard", "paper_jaccard", "f1"]
@@ -48,13 +55,13 @@ def evaluate(params: dict, frame: pd.DataFrame) -> list[dict]:
     """One row per model and size (COLUMNS); also written to grid/resolution.json, nested cell -> seed ->
     size -> scores as `dvc metrics show` reads it."""
     sizes = params["grid"]["resolutions"]
-    manifest = pd.read_csv(GRID_PETS.parent / "pets_manifest.csv")
+    manifest = pd.read_csv(GRID_PETS.parent / PETS_MANIFEST)
     test_sets = test_pets_at(Path(params["data"]["raw_dir"]), manifest, sizes)
     runtime = make_runtime(params["runtime"])
     ev = params["evaluate"]
     rows = []
     for record in frame.itertuples():
-        model = runtime.model(checkpoint.load_model(Path(record.path) / "finetuned.pt"))
+        model = runtime.model(checkpoint.load_model(Path(record.path) / GRID_FINETUNED_CHECKPOINT))
         for size, (images, masks) in test_sets.items():
             scores, _ = evaluate_model(model, images, masks, runtime, ev["batch_size"], ev["paper_batch_size"])
             rows.append({"cell": record.cell, "seed": record.seed, "size": size, "jaccard": scores["jaccard"],

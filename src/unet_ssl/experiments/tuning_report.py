@@ -22,7 +22,7 @@ from mlflow.entities import Metric, RunTag  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
 
-from unet_ssl.core.stats import CONFUSION_ARTIFACT, PerImage, confusion_from_record, paired_text  # noqa: E402
+from unet_ssl.core.stats import PerImage, confusion_from_record, paired_text  # noqa: E402
 from unet_ssl.experiments.tuning import (  # noqa: E402
     OBJECTIVE,
     ORIGIN_ATTR,
@@ -34,7 +34,17 @@ from unet_ssl.experiments.tuning import (  # noqa: E402
     best_values,
     search_space,
 )
-from unet_ssl.paths import TUNING_BEST, TUNING_FIGURES, TUNING_REPORT, TUNING_TEST_REPORT  # noqa: E402
+from unet_ssl.paths import (  # noqa: E402
+    CONFUSION_ARTIFACT,
+    TUNING_BEST,
+    TUNING_FIGURES,
+    TUNING_HISTORY_PLOT,
+    TUNING_IMPORTANCES_PLOT,
+    TUNING_INTERMEDIATE_PLOT,
+    TUNING_REPORT,
+    TUNING_TEST_REPORT,
+    tuning_contour_plot,
+)
 from unet_ssl.render import image, mean_sd, number, significant, table  # noqa: E402
 from unet_ssl.tracking import mlflow_runs  # noqa: E402
 
@@ -75,13 +85,14 @@ def plot_study(study: optuna.Study, folder: Path = TUNING_FIGURES) -> dict[str, 
     out: dict[str, Path | str] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        out["optimisation history"] = (_save(optuna_plots.plot_optimization_history(study), folder / "history.png")
-                                       if completed else "no completed trial yet")
+        out["optimisation history"] = (
+            _save(optuna_plots.plot_optimization_history(study), folder / TUNING_HISTORY_PLOT)
+            if completed else "no completed trial yet")
         out["intermediate validation Jaccard (pruning)"] = (
-            _save(optuna_plots.plot_intermediate_values(study), folder / "intermediate.png")
+            _save(optuna_plots.plot_intermediate_values(study), folder / TUNING_INTERMEDIATE_PLOT)
             if reported else "no trial has reported a score yet")
         out["parameter importances"] = (
-            _save(optuna_plots.plot_param_importances(study), folder / "importances.png")
+            _save(optuna_plots.plot_param_importances(study), folder / TUNING_IMPORTANCES_PLOT)
             if len(completed) >= 2 else "needs at least 2 completed trials")
         for x, y in CONTOURS:
             if not {x, y} <= searched:
@@ -89,7 +100,7 @@ def plot_study(study: optuna.Study, folder: Path = TUNING_FIGURES) -> dict[str, 
             distinct = min(len({t.params[x] for t in completed}), len({t.params[y] for t in completed}))
             out[f"contour of {x} x {y}"] = (
                 _save(optuna_plots.plot_contour(study, params=[x, y]),
-                      folder / (f"contour_{x}_{y}".replace(".", "_") + ".png"))
+                      folder / tuning_contour_plot(x, y))
                 if distinct >= 2 else "needs at least 2 completed trials with distinct values")
     return out
 

@@ -22,16 +22,12 @@ from unet_ssl.core.inference import (
 from unet_ssl.core.metrics import scores_from_confusion
 from unet_ssl.core.model import UNet
 from unet_ssl.core.runtime import make_runtime, progress
-from unet_ssl.core.stats import (
-    CONFUSION_ARTIFACT,
-    confusion_record,
-    per_image_confusion,
-)
+from unet_ssl.core.stats import confusion_record, per_image_confusion
 from unet_ssl.data.images import IMAGE_SUFFIXES, BadInputError, DecodedImage, decode_rgb
 from unet_ssl.data.prepared import load_tensors
 from unet_ssl.data.species import SPECIES, species
 from unet_ssl.data.splits import split_indices
-from unet_ssl.paths import FINETUNED, PETS, PREDICTIONS, TEST_SCORES
+from unet_ssl.paths import CONFUSION_ARTIFACT, FINETUNED, PETS, PREDICTIONS, TEST_SCORES
 from unet_ssl.render import score_record
 from unet_ssl.tracking.mlflow_runs import log_to_pipeline, stage_run, summary_metrics
 

@@ -10,7 +10,7 @@ from unet_ssl.core.finetuning import FinetuneConfig, finetune
 from unet_ssl.core.runtime import make_runtime, seed_everything
 from unet_ssl.data.prepared import load_pets
 from unet_ssl.data.splits import finetuning_splits
-from unet_ssl.paths import FINETUNED, METRICS, PETS, PRETRAINED, RESUME
+from unet_ssl.paths import FINETUNE_HISTORY, FINETUNE_RESUME, FINETUNED, METRICS, PETS, PRETRAINED
 from unet_ssl.tracking.mlflow_runs import stage_run
 
 
@@ -27,7 +27,7 @@ def run(params: dict) -> None:
         run.log_metrics({"n_train": len(train_idx), "n_val": len(val_idx)})
         run.log_data("pets", PETS, "training")
         start = time.perf_counter()
-        resume = RESUME / "finetune.pt"
+        resume = FINETUNE_RESUME
         key = checkpoint.resume_key(params, ["seed", "finetune", "runtime"],
                                     {"data": PETS, "pretrained checkpoint": PRETRAINED})
         result = finetune(pets["images"], pets["masks"], train_idx, val_idx, cfg, pretrained, runtime, generator,
@@ -37,7 +37,7 @@ def run(params: dict) -> None:
         checkpoint.save_atomic(result, FINETUNED)
         resume.unlink(missing_ok=True)
         METRICS.mkdir(exist_ok=True)
-        pd.DataFrame(result["history"]).to_csv(METRICS / "finetune_history.csv", index=False)
+        pd.DataFrame(result["history"]).to_csv(FINETUNE_HISTORY, index=False)
         run.log_metrics({"finetune_seconds": seconds, "selected_epoch": result["selected_epoch"]})
         best = max((r.get("val_jaccard", float("nan")) for r in result["history"]), default=float("nan"))
         run.log_to_pipeline({"best_val_jaccard": best})

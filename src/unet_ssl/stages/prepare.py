@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from unet_ssl.data.preparation import prepare_pets, prepare_pretrain
-from unet_ssl.paths import PETS, PRETRAIN_IMAGES
+from unet_ssl.paths import PETS, PETS_INPUT_REPORT, PRETRAIN_IMAGES, PRETRAIN_INPUT_REPORT
 from unet_ssl.tracking.mlflow_runs import StageRun, stage_run
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,10 @@ def run_pets(params: dict) -> None:
         manifest = prepare_pets(Path(data["raw_dir"]), PETS.parent, data, data["split_seed"])
         split_counts = manifest["split"].value_counts().to_dict()
         run.log_metrics({f"n_{k}": v for k, v in split_counts.items()})
-        counts = log_input_report(run, PETS.parent / "input_report.csv")
+        counts = log_input_report(run, PETS.parent / PETS_INPUT_REPORT)
     print(f"prepare_pets: {len(manifest)} pairs at {data['image_size']}px (train {split_counts.get('train', 0)}, "
           f"val {split_counts.get('val', 0)}, test {split_counts.get('test', 0)}); "
-          f"{summary(counts, PETS.parent / 'input_report.csv')}")
+          f"{summary(counts, PETS.parent / PETS_INPUT_REPORT)}")
 
 
 def run_pretrain(params: dict) -> None:
@@ -51,7 +51,7 @@ def run_pretrain(params: dict) -> None:
         run.log_data("raw", data["raw_dir"], "raw")
         manifest = prepare_pretrain(Path(data["raw_dir"]), PRETRAIN_IMAGES.parent, data, data["split_seed"])
         run.log_metrics({"n_images": len(manifest), "n_classes": manifest["wnid"].nunique()})
-        counts = log_input_report(run, PRETRAIN_IMAGES.parent / "pretrain_input_report.csv")
-    summary_line = summary(counts, PRETRAIN_IMAGES.parent / "pretrain_input_report.csv")
+        counts = log_input_report(run, PRETRAIN_IMAGES.parent / PRETRAIN_INPUT_REPORT)
+    summary_line = summary(counts, PRETRAIN_IMAGES.parent / PRETRAIN_INPUT_REPORT)
     print(f"prepare_pretrain: {len(manifest)} unlabelled images of {manifest['wnid'].nunique()} classes "
           f"at {data['pretrain_image_size']}px; {summary_line}")

@@ -13,7 +13,7 @@ from unet_ssl.core import checkpoint, distributed
 from unet_ssl.core.pretraining import PretrainConfig, pretrain
 from unet_ssl.core.runtime import make_runtime, seed_everything
 from unet_ssl.data.prepared import load_tensors
-from unet_ssl.paths import METRICS, PRETRAIN_IMAGES, PRETRAINED, RESUME
+from unet_ssl.paths import METRICS, PRETRAIN_HISTORY, PRETRAIN_IMAGES, PRETRAIN_RESUME, PRETRAINED
 from unet_ssl.tracking.mlflow_runs import StageRun, stage_run
 
 
@@ -37,7 +37,7 @@ def _run(params: dict, ctx: distributed.Context) -> None:
         if images is not None:
             run.log_data("pretrain", PRETRAIN_IMAGES, "training")
         start = time.perf_counter()
-        resume = RESUME / "pretrain.pt"
+        resume = PRETRAIN_RESUME
         key = checkpoint.resume_key(params, ["seed", "pretrain", "finetune.skip_connections", "runtime"],
                                     {"data": PRETRAIN_IMAGES} if images is not None else {})
         result = pretrain(images, cfg, skip, runtime, generator, resume_path=resume, resume_key=key,
@@ -48,7 +48,7 @@ def _run(params: dict, ctx: distributed.Context) -> None:
             resume.unlink(missing_ok=True)
             METRICS.mkdir(exist_ok=True)
             history = pd.DataFrame(result["history"], columns=["epoch", "loss"])
-            history.to_csv(METRICS / "pretrain_history.csv", index=False)
+            history.to_csv(PRETRAIN_HISTORY, index=False)
             run.log_metrics({"pretrain_seconds": seconds})
             run.log_artifact(PRETRAINED, "checkpoints")
     distributed.barrier()  # no rank exits while rank 0 still writes

@@ -16,6 +16,8 @@ from unet_ssl.experiments.figures import colourise  # noqa: E402
 from unet_ssl.paths import (  # noqa: E402
     FINETUNE_HISTORY,
     PETS,
+    PIPELINE_CURVES,
+    PIPELINE_EXAMPLES,
     PIPELINE_FIGURES,
     PIPELINE_REPORT,
     PREDICTIONS,
@@ -24,9 +26,6 @@ from unet_ssl.paths import (  # noqa: E402
 )
 from unet_ssl.render import image, number, table  # noqa: E402
 from unet_ssl.tracking.mlflow_runs import flatten, stage_run  # noqa: E402
-
-CURVES = PIPELINE_FIGURES / "learning_curves.png"
-EXAMPLES = PIPELINE_FIGURES / "predictions.png"
 
 
 def learning_curves() -> None:
@@ -42,7 +41,7 @@ def learning_curves() -> None:
     axes[1].set(title="fine-tuning", xlabel="epoch")
     axes[1].legend()
     fig.tight_layout()
-    fig.savefig(CURVES, dpi=100)
+    fig.savefig(PIPELINE_CURVES, dpi=100)
     plt.close(fig)
 
 
@@ -59,7 +58,7 @@ def prediction_grid(n: int) -> None:
                 ax.set_title(title)
         axes[row][0].text(2, 10, pets["names"][i], color="white", fontsize=7)
     fig.tight_layout()
-    fig.savefig(EXAMPLES, dpi=80)
+    fig.savefig(PIPELINE_EXAMPLES, dpi=80)
     plt.close(fig)
 
 
@@ -86,11 +85,11 @@ def run(params: dict) -> None:
             f"## Test scores ({scores['n_images']} images)", "",
             *table(["view", "F1", "Jaccard"], views), "",
             *table(["class", "F1", "Jaccard"], classes), "",
-            "## Learning curves", "", image("learning curves", CURVES, PIPELINE_REPORT), "",
-            "## Example test predictions", "", image("predictions", EXAMPLES, PIPELINE_REPORT), "",
+            "## Learning curves", "", image("learning curves", PIPELINE_CURVES, PIPELINE_REPORT), "",
+            "## Example test predictions", "", image("predictions", PIPELINE_EXAMPLES, PIPELINE_REPORT), "",
             "## Parameters", "", *table(["parameter", "value"], list(flatten(params).items())), "",
         ]
         PIPELINE_REPORT.write_text("\n".join(lines))
-        for path in (PIPELINE_REPORT, CURVES, EXAMPLES):
+        for path in (PIPELINE_REPORT, PIPELINE_CURVES, PIPELINE_EXAMPLES):
             run.log_artifact(path, "report")
     print(f"report: wrote {PIPELINE_REPORT} with 2 figures")

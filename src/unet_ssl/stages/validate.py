@@ -5,7 +5,16 @@ from __future__ import annotations
 import pandas as pd
 
 from unet_ssl.data.expectations import pets_suites, pretrain_suites, run_suite
-from unet_ssl.paths import PETS, PRETRAIN_IMAGES, REPORTS, VALIDATION_REPORT
+from unet_ssl.paths import (
+    PETS,
+    PETS_INPUT_REPORT,
+    PETS_MANIFEST,
+    PRETRAIN_IMAGES,
+    PRETRAIN_INPUT_REPORT,
+    PRETRAIN_MANIFEST,
+    REPORTS,
+    VALIDATION_REPORT,
+)
 from unet_ssl.render import table
 from unet_ssl.tracking.mlflow_runs import stage_run
 
@@ -46,16 +55,14 @@ def write_report(rows: list[dict], inputs: pd.DataFrame) -> str:
 
 
 def run(params: dict) -> None:
-    pets = pd.read_csv(PETS.parent / "pets_manifest.csv")
-    pretrain = pd.read_csv(PRETRAIN_IMAGES.parent / "pretrain_manifest.csv")
-    inputs = pd.concat([pd.read_csv(PETS.parent / "input_report.csv"),
-                        pd.read_csv(PRETRAIN_IMAGES.parent / "pretrain_input_report.csv")])
+    pets_files = [PETS.parent / PETS_MANIFEST, PETS.parent / PETS_INPUT_REPORT]
+    pretrain_files = [PRETRAIN_IMAGES.parent / PRETRAIN_MANIFEST, PRETRAIN_IMAGES.parent / PRETRAIN_INPUT_REPORT]
+    pets, pets_inputs = map(pd.read_csv, pets_files)
+    pretrain, pretrain_inputs = map(pd.read_csv, pretrain_files)
+    inputs = pd.concat([pets_inputs, pretrain_inputs])
     with stage_run("validate", params) as run:
-        run.log_data("pets-manifest", [PETS.parent / "pets_manifest.csv", PETS.parent / "input_report.csv"],
-                     "validation")
-        run.log_data("pretrain-manifest", [PRETRAIN_IMAGES.parent / n for n in ("pretrain_manifest.csv",
-                                                                                "pretrain_input_report.csv")],
-                     "validation")
+        run.log_data("pets-manifest", pets_files, "validation")
+        run.log_data("pretrain-manifest", pretrain_files, "validation")
         rows = [row for suite in pets_suites(pets, params["data"]) + pretrain_suites(pretrain)
                 for row in run_suite(suite)]
         failures = write_report(rows, inputs)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from unet_ssl.paths import PETS, PRETRAIN_IMAGES, REPO_SAMPLE
+from unet_ssl.paths import PETS, PETS_MANIFEST, PRETRAIN_IMAGES, REPO_SAMPLE
 
 
 @dataclass
@@ -46,7 +46,7 @@ def load_data(root: Path, params: dict, naive_images: int = 512) -> BenchData:
     def read(pets_dir: Path, pretrain_file: Path, raw: Path, source: str) -> BenchData:
         pets = torch.load(pets_dir / PETS.name, weights_only=True)
         photos = torch.load(pretrain_file, weights_only=True)["images"]
-        manifest = pd.read_csv(pets_dir / "pets_manifest.csv")
+        manifest = pd.read_csv(pets_dir / PETS_MANIFEST)
         files = [(raw / image, raw / mask) for image, mask in zip(manifest["image_file"], manifest["mask_file"])]
         return BenchData(photos, pets["images"], pets["masks"], pets["split"],
                          _read_jpegs(raw / "pretrain", naive_images), files,
