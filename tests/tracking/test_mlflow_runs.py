@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from unet_ssl.tracking import mlflow_runs
+from unet_ssl.core.checkpoint import READ_CHUNK
+from unet_ssl.tracking import mlflow_runs, versions
 from unet_ssl.tracking.mlflow_runs import describe, log_to_pipeline, stage_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +38,7 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copy2(REPO / "dvc.yaml", ws / "dvc.yaml")
     (ws / "params.yaml").write_text("seed: 0\n")
     (ws / "metrics" / "evaluate.json").write_text("{}\n")
-    (ws / "data" / "prepared" / "pets" / "pets.pt").write_bytes(os.urandom(3 * mlflow_runs.CHUNK // 2))
+    (ws / "data" / "prepared" / "pets" / "pets.pt").write_bytes(os.urandom(3 * READ_CHUNK // 2))
     (ws / ".gitignore").write_text("/data/prepared\n")
     git(ws, "init", "-q")
     git(ws, "add", "-A")
@@ -53,53 +54,53 @@ def experiment_id(client) -> str:
 
 def test_provenance_names_commit_dirty_flag_and_diff_hash(repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     head = git(repo, "rev-parse", "HEAD").strip()
-    clean = mlflow_runs.provenance()
+    clean = versions.provenance()
     assert clean == {"git_commit": head, "mlflow.source.git.commit": head, "git_dirty": "false",
                      "git_diff_sha256": "clean", "git_untracked": "0"}
     # a pipeline output (metrics/evaluate.json is a DVC metric) and an untracked file leave it clean
     (repo / "metrics" / "evaluate.json").write_text('{"test": 1}\n')
     (repo / "notes.txt").write_text("scratch\n")
-    assert mlflow_runs.provenance() | {"git_untracked": "0"} == clean
-    assert mlflow_runs.provenance()["git_untracked"] == "1"
+    assert versions.provenance() | {"git_untracked": "0"} == clean
+    assert versions.provenance()["git_untracked"] == "1"
     # a change to a tracked input makes it dirty, hashed as `git diff HEAD` of that change
     (repo / "params.yaml").write_text("seed: 1\n")
-    dirty = mlflow_runs.provenance()
+    dirty = versions.provenance()
     diff = subprocess.run(["git", "diff", "HEAD", "--binary", "--", "params.yaml"], cwd=repo, capture_output=True,
                           check=True).stdout
     assert dirty["git_dirty"] == "true" and dirty["git_diff_sha256"] == hashlib.sha256(diff).hexdigest()
     (repo / "params.yaml").write_text("seed: 2\n")
-    assert mlflow_runs.provenance()["git_diff_sha256"] not in (dirty["git_diff_sha256"], "clean")
+    assert versions.provenance()["git_diff_sha256"] not in (dirty["git_diff_sha256"], "clean")
     # outside a repository, or without git at all: unknown
     outside = tmp_path / "outside"
     outside.mkdir()
-    assert set(mlflow_runs.provenance(outside).values()) == {"unknown"}
+    assert set(versions.provenance(outside).values()) == {"unknown"}
     monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
-    assert set(mlflow_runs.provenance().values()) == {"unknown"}
+    assert set(versions.provenance().values()) == {"unknown"}
 
 
 def test_data_version_hashes_files_and_uses_the_dvc_md5_of_tracked_folders(tmp_path: Path):
     one = tmp_path / "a.pt"
-    one.write_bytes(os.urandom(mlflow_runs.CHUNK + 7))
+    one.write_bytes(os.urandom(READ_CHUNK + 7))
     sha = hashlib.sha256(one.read_bytes()).hexdigest()
-    assert mlflow_runs.data_version(one) == {"digest": sha[:12], "sha256": sha, "files": "1",
-                                             "bytes": str(mlflow_runs.CHUNK + 7)}
+    assert versions.data_version(one) == {"digest": sha[:12], "sha256": sha, "files": "1",
+                                             "bytes": str(READ_CHUNK + 7)}
     raw = tmp_path / "data" / "raw"
     (raw / "sub").mkdir(parents=True)
     (raw / "x.jpg").write_bytes(b"x")
     (raw / "sub" / "y.png").write_bytes(b"yy")
     files = {"x.jpg": b"x", "sub/y.png": b"yy"}
     listing = "".join(f"{hashlib.sha256(b).hexdigest()}  {n}\n" for n, b in sorted(files.items()))
-    folder = mlflow_runs.data_version(raw)
+    folder = versions.data_version(raw)
     assert folder["sha256"] == hashlib.sha256(listing.encode()).hexdigest() and folder["files"] == "2"
-    assert mlflow_runs.data_version([raw / "x.jpg", raw / "sub" / "y.png"])["files"] == "2"
+    assert versions.data_version([raw / "x.jpg", raw / "sub" / "y.png"])["files"] == "2"
     (tmp_path / "data.dvc").write_text("outs:\n- md5: 2c7df1386b4da666537b97a5a542cf08.dir\n  size: 3\n  nfiles: 2\n"
                                        "  hash: md5\n  path: data/raw\n")
-    assert mlflow_runs.data_version(raw) == {"digest": "2c7df1386b4d", "files": "2", "bytes": "3",
+    assert versions.data_version(raw) == {"digest": "2c7df1386b4d", "files": "2", "bytes": "3",
                                           "dvc_md5": "2c7df1386b4da666537b97a5a542cf08", "dvc_file": "data.dvc"}
     (raw / "new.jpg").write_bytes(b"z")  # data/raw no longer matches data.dvc: hashed instead
-    assert "sha256" in mlflow_runs.data_version(raw)
+    assert "sha256" in versions.data_version(raw)
     with pytest.raises(FileNotFoundError):
-        mlflow_runs.data_version([tmp_path / "missing.pt"])
+        versions.data_version([tmp_path / "missing.pt"])
 
 
 def test_stage_and_parent_runs_carry_provenance_names_and_the_dataset_digest(repo: Path, mlflow_client):

@@ -1,0 +1,1 @@
+"""The training core: model, losses, metrics, augmentations and the training loops, on tensors only (torch, numpy)."""

@@ -57,11 +57,14 @@ def save_training_state(path: Path, run_key: dict, epoch: int, modules: dict[str
                  "generator": generator.get_state(), **extra}, path)
 
 
+READ_CHUNK = 1 << 20  # bytes read at a time when hashing a file
+
+
 def file_digest(path: Path) -> str:
     """sha256 of a file's bytes: the identity of an input (data, checkpoint) in a resume key."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+        for chunk in iter(lambda: f.read(READ_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
 

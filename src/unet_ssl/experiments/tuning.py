@@ -28,7 +28,7 @@ from unet_ssl.core.runtime import NonFiniteLossError, make_runtime, seed_everyth
 from unet_ssl.data.prepared import load_pets, load_tensors
 from unet_ssl.data.splits import finetuning_splits
 from unet_ssl.paths import PETS, PRETRAIN_IMAGES
-from unet_ssl.tracking import mlflow_runs
+from unet_ssl.tracking import mlflow_runs, versions
 
 OBJECTIVE = "val_jaccard"
 PROFILE_ATTR = "profile"  # study user attr: the settings every trial of the study shares
@@ -106,7 +106,7 @@ def storage_path(tune: dict) -> Path:
     """tune.storage, relative to the repository; inside a DVC temporary experiment copy that is the
     repository that made the copy (as for the MLflow store), so every run adds to the one study."""
     path = Path(tune["storage"])
-    return path if path.is_absolute() else mlflow_runs.repo_root() / path
+    return path if path.is_absolute() else versions.repo_root() / path
 
 
 def make_storage(path: Path) -> optuna.storages.JournalStorage:
@@ -181,8 +181,8 @@ class TrialRuns:
 
     def __init__(self, params: dict, study: optuna.Study):
         tune = params["tune"]
-        root = mlflow_runs.repo_root()
-        self.commit = mlflow_runs.git_commit(root)
+        root = versions.repo_root()
+        self.commit = versions.git_commit(root)
         self.study_tags = {"optuna_study": tune["study_name"], "optuna_storage": str(tune["storage"]),
                            "optuna_study_uid": study.user_attrs[UID_ATTR]}
         mlflow.set_tracking_uri(mlflow_runs.tracking_uri(root))

@@ -46,7 +46,7 @@ from unet_ssl.paths import (  # noqa: E402
     tuning_contour_plot,
 )
 from unet_ssl.render import image, mean_sd, number, significant, table  # noqa: E402
-from unet_ssl.tracking import mlflow_runs  # noqa: E402
+from unet_ssl.tracking import mlflow_runs, versions  # noqa: E402
 
 CONTOURS = (("pretrain.temperature", "pretrain.lr"), ("pretrain.temperature", "finetune.lr"))
 
@@ -218,7 +218,7 @@ class ComparisonError(ValueError):
 
 def pipeline_runs(experiments: list[str]) -> list[mlflow.entities.Run]:
     """The finished pipeline parent run of each named DVC experiment (newest first if run twice)."""
-    mlflow.set_tracking_uri(mlflow_runs.tracking_uri(mlflow_runs.repo_root()))
+    mlflow.set_tracking_uri(mlflow_runs.tracking_uri(versions.repo_root()))
     client = mlflow.MlflowClient()
     experiment_id = mlflow_runs.experiment_id(mlflow)
     runs = []

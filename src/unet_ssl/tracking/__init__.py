@@ -1,0 +1,1 @@
+"""MLflow at the edge: stage runs, provenance and data versions, the served model."""
