@@ -47,7 +47,7 @@ def assign_splits(names: list[str], sha256s: list[str], pets_dir: Path, split: s
     splits = []
     for name, digest in zip(names, sha256s):
         key = first_of[digest]
-        test = is_test[key] if split == "random" else is_test[name]
+        test = is_test[key]  # every member of a byte-identical group has its first name's value
         splits.append("test" if test else "val" if hash_fraction(key, seed, "val") < val_fraction else "train")
     return splits
 
