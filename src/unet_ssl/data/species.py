@@ -9,6 +9,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Iterable
 
+import torch
+
+from unet_ssl.core.metrics import scores_from_confusion
+
 SPECIES = ("cat", "dog")
 
 
@@ -33,3 +37,18 @@ def describe_pets(names: Iterable[str]) -> str:
 
 def plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def scores_by_species(names: list[str], index: Iterable[int], per_image) -> dict[str, dict]:
+    """Dataset-level scores of the cats and of the dogs among scored images: `index` holds their dataset
+    indices (into `names`), `per_image` their (N, C, C) confusion matrices (tensor or array); each species'
+    matrices are summed, then scored. A species with no scored image is left out."""
+    matrices = torch.as_tensor(per_image)
+    kinds = [species(names[int(i)]) for i in index]
+    out = {}
+    for kind in SPECIES:
+        rows = [i for i, k in enumerate(kinds) if k == kind]
+        if rows:
+            scores = scores_from_confusion(matrices[rows].sum(0))
+            out[kind] = {"n_images": len(rows), "f1": scores["f1"], "jaccard": scores["jaccard"]}
+    return out

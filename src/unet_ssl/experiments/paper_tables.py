@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from unet_ssl.core.stats import PerImage, confusion_from_record, dataset_jaccard, paired_text
-from unet_ssl.data.species import SPECIES, describe_pets, species
+from unet_ssl.core.stats import PerImage, confusion_from_record, paired_text
+from unet_ssl.data.species import SPECIES, describe_pets, scores_by_species
 from unet_ssl.experiments import figures, grid_plan
 from unet_ssl.paths import (
     GRID_DATA,
@@ -66,13 +66,11 @@ def metric_frame(frame: pd.DataFrame, names: list[str] | None = None) -> pd.Data
 
 
 def species_jaccard(saved: PerImage | None, names: list[str]) -> dict[str, float]:
-    """Dataset-level Jaccard of the cats and of the dogs among a run's test pets (their per-image confusion
-    matrices summed per species); empty where the record predates per-image matrices."""
+    """Dataset-level Jaccard of the cats and of the dogs among a run's test pets; empty where the record
+    predates per-image matrices."""
     if saved is None:
         return {}
-    index, matrices = saved
-    kinds = np.array([species(names[i]) for i in index])
-    return {kind: float(dataset_jaccard(matrices[kinds == kind].sum(0))) for kind in SPECIES if (kinds == kind).any()}
+    return {kind: s["jaccard"] for kind, s in scores_by_species(names, *saved).items()}
 
 
 def pet_names(prepared: Path = GRID_DATA) -> list[str]:

@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 import yaml
 
 from unet_ssl.config import CLASS_NAMES
 from unet_ssl.core import checkpoint
-from unet_ssl.core.metrics import scores_from_confusion
 from unet_ssl.core.stats import (
     PerImage,
     confusion_from_record,
@@ -31,7 +29,7 @@ from unet_ssl.core.stats import (
     per_image_confusion,
 )
 from unet_ssl.data.prepared import load_tensors
-from unet_ssl.data.species import SPECIES, species
+from unet_ssl.data.species import scores_by_species
 from unet_ssl.experiments.grid_plan import PAPER_TABLE2
 from unet_ssl.paths import (
     FINETUNED,
@@ -42,8 +40,6 @@ from unet_ssl.paths import (
     GRID_PRETRAINED,
     GRID_RESULT,
     PETS,
-    PETS_FOLDER,
-    PETS_MANIFEST,
     PREDICTIONS,
     PREPARED,
     PROFILES,
@@ -188,17 +184,13 @@ def candidate_per_image(c: Candidate) -> PerImage | None:
 def species_lines(c: Candidate) -> list[str]:
     """Test scores of the cats and of the dogs apart (each species' per-image matrices summed): the shared data is
     mostly cats, so the overall score is mostly a cat score."""
+    from unet_ssl.experiments.paper_tables import pet_names
+
     saved = candidate_per_image(c)
     if saved is None:
         return ["Per species: not recorded for this run."]
-    index, matrices = saved
-    names = pd.read_csv(c.prepared / PETS_FOLDER / PETS_MANIFEST)["name"].tolist()
-    kinds = np.array([species(names[i]) for i in index])
-    rows = []
-    for kind in SPECIES:
-        if (kinds == kind).any():
-            scores = scores_from_confusion(torch.as_tensor(matrices[kinds == kind].sum(0)))
-            rows.append([f"{kind}s", int((kinds == kind).sum()), number(scores["f1"]), number(scores["jaccard"])])
+    by_species = scores_by_species(pet_names(c.prepared), *saved)
+    rows = [[f"{kind}s", s["n_images"], number(s["f1"]), number(s["jaccard"])] for kind, s in by_species.items()]
     return table(["species", "test pets", "F1", "Jaccard"], rows)
 
 
@@ -307,7 +299,6 @@ def log_pyfunc(checkpoint_path: Path) -> str:
     than inferred (inference loads the model in a subprocess), and the unet_ssl package travels as
     code, so the model serves without the repository."""
     import mlflow
-    import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
     from PIL import __version__ as pillow_version

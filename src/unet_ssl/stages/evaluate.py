@@ -19,29 +19,16 @@ from unet_ssl.core.inference import (
     overlay,
     segment,
 )
-from unet_ssl.core.metrics import scores_from_confusion
 from unet_ssl.core.model import UNet
 from unet_ssl.core.runtime import make_runtime, progress
 from unet_ssl.core.stats import confusion_record, per_image_confusion
 from unet_ssl.data.images import IMAGE_SUFFIXES, BadInputError, DecodedImage, decode_rgb
 from unet_ssl.data.prepared import load_tensors
-from unet_ssl.data.species import SPECIES, species
+from unet_ssl.data.species import scores_by_species
 from unet_ssl.data.splits import split_indices
 from unet_ssl.paths import CONFUSION_ARTIFACT, FINETUNED, PETS, PREDICTIONS, TEST_SCORES
 from unet_ssl.render import score_record
 from unet_ssl.tracking.mlflow_runs import log_to_pipeline, stage_run, summary_metrics
-
-
-def scores_by_species(names: list[str], index: torch.Tensor, per_image: torch.Tensor) -> dict:
-    """Dataset-level scores of the cats and of the dogs among the scored images (the shared data is 86% cats,
-    so the overall score is mostly a cat score): each species' per-image confusion matrices summed, then scored."""
-    out = {}
-    for kind in SPECIES:
-        rows = [i for i, k in enumerate(index.tolist()) if species(names[k]) == kind]
-        if rows:
-            scores = scores_from_confusion(per_image[rows].sum(0))
-            out[kind] = {"n_images": len(rows), "f1": scores["f1"], "jaccard": scores["jaccard"]}
-    return out
 
 
 def run(params: dict) -> None:
