@@ -7,7 +7,7 @@ PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-slow ui paper clean-runs table1 table2 resolution release exps
+.PHONY: install run test test-slow ui paper clean-runs table1 table2 levers resolution release exps
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +48,7 @@ exps:
 # The paper's tables as a DVC grid (grid/dvc.yaml; plain `dvc repro` never runs it). grid/params.yaml holds
 # the CPU grid profile; another one with e.g. `make table1 GRID_PROFILE=profiles/grid-paper.yaml`.
 GRID_PROFILE ?=
-table1 table2 resolution: install
+table1 table2 levers resolution: install
 	$(if $(GRID_PROFILE),unet-ssl grid use $(GRID_PROFILE))
 	dvc repro grid/dvc.yaml:$@
 

@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         grid_sub.add_parser(action, help=f"one {action} run of the plan").add_argument(
             "key", help="its name in plan.{action}")
     grid_sub.add_parser("table", help="write reports/<table>.md and its figures from the runs").add_argument(
-        "table", choices=["table1", "table2"])
+        "table", choices=["table1", "table2", "levers"])
     grid_sub.add_parser("resolution", help="score every 90%% run at grid.resolutions; reports/resolution.md")
     grid_parser.set_defaults(func=_grid)
 

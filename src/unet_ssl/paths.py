@@ -67,6 +67,7 @@ GRID_PETS = GRID_DATA / PETS_FOLDER / PETS_TENSORS
 GRID_PRETRAIN_IMAGES = GRID_DATA / PRETRAIN_FOLDER / PRETRAIN_TENSORS
 GRID_VALIDATION = GRID_DATA / "validation.md"
 GRID_PRETRAINED = GRID / "pretrain"
+GRID_PRETRAIN_VARIANTS = GRID / "pretrain_variants"  # the levers table's variants, apart so Tables 1-2 need none
 GRID_RUNS = GRID / "runs"
 GRID_RESUME = GRID / "resume"
 GRID_RESOLUTION_SCORES = GRID / "resolution.json"
@@ -82,6 +83,12 @@ RELEASE_CHECKPOINT = "pets-unet.pt"
 RELEASE_CARD = "README.md"
 
 
+def grid_pretraining(pretrain_run: str, pretrain_dir: object = None) -> Path:
+    """The folder of a fine-tuning run's pretraining: the `pretrain_dir` its record names, or for records
+    made before pretraining variants existed (no such field, or NaN in a frame) grid/pretrain/<run>."""
+    return Path(pretrain_dir) if isinstance(pretrain_dir, str) else GRID_PRETRAINED / pretrain_run
+
+
 def grid_resume(stage: str, run: str) -> Path:
     """The resume checkpoint of a grid run in progress (stage: pretrain or finetune)."""
     return GRID_RESUME / f"{stage}-{run}.pt"
@@ -93,7 +100,7 @@ def tuning_contour_plot(x: str, y: str) -> str:
 
 
 def table_report(name: str) -> Path:
-    """reports/<table>.md of a grid table (table1, table2)."""
+    """reports/<table>.md of a grid table (table1, table2, levers)."""
     return REPORTS / f"{name}.md"
 
 

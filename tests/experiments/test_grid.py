@@ -18,6 +18,7 @@ from conftest import SMALL_PETS, copy_pets, copy_repo
 from conftest import run_checked as run
 
 from unet_ssl.core.stats import confusion_from_record, confusion_record, dataset_jaccard
+from unet_ssl.data.splits import SPLIT_CODES
 from unet_ssl.experiments import grid_plan, grid_runs
 from unet_ssl.experiments.paper_tables import difference
 
@@ -77,13 +78,45 @@ def test_nothing_is_pretrained_twice():
               for t in grid_plan.TABLES.values() for c in t.cells}
     assert len(plan["pretrain"]) == len(wanted) * len(seeds) == 6 * 3
     users = Counter(e["pretrain"] for e in plan["finetune"].values())
-    # Table 2's 12 cells per method, plus Table 1's cell with recomputed batch-norm statistics
-    assert users["simclr-s0"] == 13 and users["mae_patch-s0"] == 2 and users["none-s0"] == 13
+    # Table 2's 12 cells per method, plus Table 1's cell with recomputed batch-norm statistics; the levers
+    # table reuses Table 2's SimCLR and scratch cells and adds a trained-encoder MAE cell
+    assert users["simclr-s0"] == 13 and users["mae_patch-s0"] == 3 and users["none-s0"] == 13
+    # the variants' pretraining runs are planned apart, one per variant, method and seed
+    assert sorted(plan["pretrain_variant"]) == sorted(
+        f"{v}-s{s}" for v in ("simclr-all_photos", "simclr-with_pets", "simclr-tuned", "mae_patch-with_pets")
+        for s in seeds)
+    assert plan["pretrain_variant"]["simclr-all_photos-s0"] | {"pretrain": None} == {
+        "seed": 0, "skip_connections": True, "pretrain": None, "variant": "all_photos", "photos": 0,
+        "training_pets": False}
+    assert plan["pretrain_variant"]["simclr-all_photos-s0"]["pretrain"]["epochs"] == 2
+    assert plan["pretrain_variant"]["simclr-tuned-s0"]["pretrain"]["temperature"] != params["pretrain"]["temperature"]
+    runs = plan["pretrain"] | plan["pretrain_variant"]
     for entry in plan["finetune"].values():
-        pre = plan["pretrain"][entry["pretrain"]]
+        pre = runs[entry["pretrain"]]
         assert pre["seed"] == entry["seed"]
         assert pre["pretrain"]["method"] == grid_plan.cell_by_name(entry["cell"]).method
-    assert len(plan["finetune"]) == (12 + 24 - 3) * 3
+    assert len(plan["finetune"]) == (12 + 24 - 3 + 5) * 3
+
+
+def test_levers_fine_tune_alike_and_keep_the_paper_tables_folders():
+    """Only the starting weights differ between the levers' rows; cells the paper tables hold stay where
+    those tables' runs are, so adding the levers table moves no run."""
+    cells = grid_plan.LEVERS.cells
+    assert {(c.freeze_encoder, c.skip_connections, c.subset, c.recompute_bn) for c in cells} == {(False, True, 0.9,
+                                                                                                  False)}
+    assert grid_plan.home(grid_plan.Cell("simclr", freeze_encoder=False)) == "table2"
+    assert grid_plan.home(grid_plan.Cell("none", freeze_encoder=False)) == "shared"
+    assert grid_plan.home(grid_plan.Cell("mae_patch", False, variant="with_pets")) == "levers"
+    assert grid_plan.Cell("mae_patch", False, variant="with_pets").name == "mae_patch-with_pets-trained-skip-90"
+    with pytest.raises(ValueError, match="needs a pretraining method"):
+        grid_plan.Cell("none", variant="with_pets")
+    params = load(PROFILES / "grid-micro.yaml")
+    params["grid"] |= {"tables": ["levers"], "cells": [], "pretrain_variants": {"with_pets": {"photos": 8}}}
+    with pytest.raises(ValueError, match="has no 'all_photos'"):
+        grid_plan.plan(params)
+    params["grid"]["pretrain_variants"] = {v: {"epoch": 3} for v in ("all_photos", "with_pets", "tuned")}
+    with pytest.raises(ValueError, match=r"unknown keys \['epoch'\]"):
+        grid_plan.plan(params)
 
 
 def test_mae_cells_without_skips_get_their_own_pretraining():
@@ -143,7 +176,7 @@ def test_grid_profiles_have_the_pipeline_groups_and_a_grid_section(profile):
         assert keys(params[group]) == keys(main[group]), group
     assert params["data"]["image_size"] == params["finetune"]["image_size"]
     assert set(params["grid"]) == {"tables", "cells", "seeds", "pretrain_overrides", "resolutions", "examples",
-                                   "finetune_runtime"}
+                                   "finetune_runtime", "pretrain_variants"}
     grid_plan.plan(params)
 
 
@@ -193,6 +226,20 @@ def test_table_comparisons_are_paired_by_seed_with_an_interval_or_say_there_is_n
     old = pd.DataFrame(run_records(pretrained, {0: 0.1}, per_image=False) + run_records(scratch, {0: 0.3}))
     assert difference(old, pretrained, scratch).endswith(", no interval (per-image scores not recorded)")
     assert "better" not in difference(old, pretrained, scratch)
+
+
+def test_validation_comparisons_read_the_validation_matrices():
+    import pandas as pd
+
+    def runs(cell: grid_plan.Cell, test_errors: dict[int, float], val_errors: dict[int, float]) -> list[dict]:
+        val = run_records(cell, val_errors)
+        return [t | {"val_confusion": v["test_confusion"]} for t, v in zip(run_records(cell, test_errors), val)]
+
+    pretrained, scratch = grid_plan.Cell("simclr", False), grid_plan.Cell("none", freeze_encoder=False)
+    frame = pd.DataFrame(runs(pretrained, {0: 0.3, 1: 0.28}, {0: 0.1, 1: 0.12})
+                         + runs(scratch, {0: 0.1, 1: 0.12}, {0: 0.3, 1: 0.28}))
+    assert difference(frame, pretrained, scratch, "val").endswith(", better)")
+    assert difference(frame, pretrained, scratch).endswith(", worse)")
 
 
 # End to end on the sample ----------------------------------------------------------------------------
@@ -284,6 +331,33 @@ def test_table2_reuses_the_pretrained_checkpoints_and_the_shared_runs(grid_repo)
     assert "64 px (trained)" in resolution and "| none-trained-skip-90 | 0." in resolution
     scores = json.loads((repo / "grid" / "resolution.json").read_text())
     assert set(scores) == {"simclr-frozen-skip-90", "mae_patch-frozen-skip-90", "none-trained-skip-90"}
+
+
+def test_levers_pretrain_on_their_own_photos_and_compare_on_validation_and_test(grid_repo, tmp_path, monkeypatch):
+    repo, env, _ = grid_repo
+    out = run(["dvc", "repro", "grid/dvc.yaml:levers"], repo, env)
+    assert "Running stage 'grid/dvc.yaml:pretrain_variant@simclr-with_pets-s0'" in out
+    assert "Running stage 'grid/dvc.yaml:finetune@none-trained-skip-90-s0'" not in out  # Table 1's run, reused
+    pets = torch.load(repo / "grid" / "data" / "pets" / "pets.pt", weights_only=True)
+    n_train = int((pets["split"] == SPLIT_CODES["train"]).sum())
+    record = json.loads((repo / "grid" / "pretrain_variants" / "simclr-with_pets-s0" / "pretrain.json").read_text())
+    assert record["n_images"] == 64 + n_train > 64  # 64 raw photos and the training split's pets, nothing else
+    monkeypatch.chdir(repo)
+    params = load(repo / "grid" / "params.yaml")
+    photos = torch.load(grid_runs.variant_photos(params, params["plan"]["pretrain_variant"]["simclr-with_pets-s0"],
+                                                 tmp_path), weights_only=True)["images"]
+    assert torch.equal(photos[64:], pets["images"][pets["split"] == SPLIT_CODES["train"]])
+    tags = next(r for r in mlflow_runs(repo, "grid_pretrain") if r["grid_run"] == "simclr-with_pets-s0")
+    assert tags["variant"] == "with_pets"
+    result = json.loads((repo / "grid" / "runs" / "levers" / "simclr-with_pets-trained-skip-90" / "s0" / "result.json")
+                        .read_text())
+    index, per_image = confusion_from_record(result["val_confusion"])
+    assert len(index) == len(per_image) == result["n_val"]
+    assert (pets["split"][torch.tensor(index)] == SPLIT_CODES["val"]).all()
+    report = (repo / "reports" / "levers.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| SimCLR + the training split's pets"))
+    assert "| 1 |" in row and row.count("(95% CI ") == 2 and f"{64 + n_train} × 1 epochs" in row
+    assert "| none: trained from scratch (baseline) | 1 |" in report and "He et al. (2022)" in report
     assert "up to date" in run(["dvc", "status", "grid/dvc.yaml"], repo, env)
 
 

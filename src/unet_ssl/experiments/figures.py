@@ -28,6 +28,7 @@ from unet_ssl.paths import (  # noqa: E402
     GRID_PRETRAINED_CHECKPOINT,
     MAE_FIGURE,
     RESOLUTION_PLOT,
+    grid_pretraining,
 )
 from unet_ssl.render import percent  # noqa: E402
 
@@ -67,8 +68,10 @@ def learning_curves(frame: pd.DataFrame, table: grid_plan.Table, path: Path) -> 
 
 def pretraining_curves(frame: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key in sorted(set(frame["pretrain_run"])) if len(frame) else []:
-        record = json.loads((GRID_PRETRAINED / key / GRID_PRETRAIN_RECORD).read_text())
+    folders = {grid_pretraining(r.pretrain_run, getattr(r, "pretrain_dir", None)) for r in frame.itertuples()}
+    for folder in sorted(folders, key=lambda f: f.name):
+        key = folder.name
+        record = json.loads((folder / GRID_PRETRAIN_RECORD).read_text())
         if record["history"]:
             ax.plot([h["epoch"] for h in record["history"]], [h["loss"] for h in record["history"]], marker=".",
                     label=key)

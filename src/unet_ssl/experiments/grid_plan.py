@@ -10,6 +10,7 @@ import copy
 from dataclasses import dataclass
 
 from unet_ssl.config import METHODS
+from unet_ssl.paths import GRID_PRETRAIN_VARIANTS, GRID_PRETRAINED
 
 SUBSETS = (0.9, 0.1, 0.01)
 
@@ -44,34 +45,42 @@ class Cell:
     subset: float = 0.9
     projection: str = "bottleneck"  # SimCLR's projection head: bottleneck | multi_level
     recompute_bn: bool = False  # re-estimate batch-norm statistics on the training pets before fine-tuning
+    variant: str = ""  # a pretraining variant of the profile's `grid.pretrain_variants` (the levers table)
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown pretraining method {self.method!r}; expected one of {METHODS}")
         if self.projection != "bottleneck" and self.method != "simclr":
             raise ValueError("only SimCLR has a projection head")
+        if self.variant and (self.method == "none" or not self.variant.replace("_", "").isalnum()):
+            raise ValueError(f"pretraining variant {self.variant!r}: needs a pretraining method and a name of "
+                             "letters, digits and underscores")
 
     @property
     def name(self) -> str:
         """Readable and free of dots (DVC reads dots in parameter names as nesting): simclr-frozen-skip-90."""
-        head = "-multilevel" if self.projection == "multi_level" else ""
         encoder = "frozen" if self.freeze_encoder else "trained"
         skips = "skip" if self.skip_connections else "noskip"
         norms = "-bnrecomputed" if self.recompute_bn else ""
-        return f"{self.method}{head}-{encoder}{norms}-{skips}-{self.subset * 100:g}".replace(".", "p")
+        return f"{self.pretrained_by}-{encoder}{norms}-{skips}-{self.subset * 100:g}".replace(".", "p")
 
     @property
-    def pretraining(self) -> tuple[str, str, bool]:
-        """What the pretrained checkpoint depends on besides the seed: the method, SimCLR's head, and
-        the skip connections for masked autoencoders only (they train the whole U-Net; SimCLR trains
-        the encoder alone, so one SimCLR checkpoint serves the skip and the no-skip U-Net)."""
+    def pretrained_by(self) -> str:
+        """The method, SimCLR's head and the variant: simclr, simclr-multilevel, mae_patch-with_pets."""
+        head = "-multilevel" if self.projection == "multi_level" else ""
+        return f"{self.method}{head}{f'-{self.variant}' if self.variant else ''}"
+
+    @property
+    def pretraining(self) -> tuple[str, str, bool, str]:
+        """What the pretrained checkpoint depends on besides the seed: the method, SimCLR's head, the
+        skip connections for masked autoencoders only (they train the whole U-Net; SimCLR trains the
+        encoder alone, so one SimCLR checkpoint serves the skip and the no-skip U-Net), and the variant."""
         skips = self.skip_connections if self.method.startswith("mae_") else True
-        return self.method, self.projection, skips
+        return self.method, self.projection, skips, self.variant
 
     def pretrain_key(self, seed: int) -> str:
-        method, projection, skips = self.pretraining
-        head = "-multilevel" if projection == "multi_level" else ""
-        return f"{method}{head}{'' if skips else '-noskip'}-s{seed}"
+        skips = self.pretraining[2]
+        return f"{self.pretrained_by}{'' if skips else '-noskip'}-s{seed}"
 
 
 @dataclass(frozen=True)
@@ -130,7 +139,37 @@ TABLE2 = Table(
     rows=_table2_rows(),
 )
 
-TABLES = {t.name: t for t in (TABLE1, TABLE2)}
+# Does pretraining pay off with the whole training split? Every row fine-tunes with the encoder trained and
+# skips on, on 90% of the pets with the same fine-tuning settings, so only the starting weights differ.
+# The variants' settings (photos, epochs, pets, temperature, lr) are the profile's `grid.pretrain_variants`.
+LEVERS = Table(
+    name="levers",
+    title="Pretraining levers: encoder trained, skip connections, 90% of the pets (the whole training split)",
+    columns=("90%",),
+    rows=(
+        Row("none: trained from scratch (baseline)", (Cell("none", freeze_encoder=False),)),
+        Row("SimCLR, as in Table 2", (Cell("simclr", freeze_encoder=False),)),
+        Row("SimCLR, all photos for longer (Chen et al. 2020)", (Cell("simclr", False, variant="all_photos"),)),
+        Row("SimCLR + the training split's pets, unlabelled (Reed et al. 2022)",
+            (Cell("simclr", False, variant="with_pets"),)),
+        Row("SimCLR, the Optuna study's temperature and learning rate", (Cell("simclr", False, variant="tuned"),)),
+        Row("MAE, patch masking: the decoder pretrained too (He et al. 2022)",
+            (Cell("mae_patch", freeze_encoder=False),)),
+        Row("MAE, patch masking + the training split's pets, unlabelled",
+            (Cell("mae_patch", False, variant="with_pets"),)),
+    ),
+)
+LEVER_PAPERS = (
+    "Chen, Kornblith, Norouzi, Hinton (2020), A Simple Framework for Contrastive Learning of Visual "
+    "Representations: SimCLR gains from longer training and more data.",
+    "Reed et al. (2022), Self-Supervised Pretraining Improves Self-Supervised Pretraining: adding target-domain "
+    "images to the pretraining data.",
+    "He et al. (2022), Masked Autoencoders Are Scalable Vision Learners: masked reconstruction at the patch scale.",
+    "Akiba et al. (2019), Optuna: A Next-generation Hyperparameter Optimization Framework (the tuning study).",
+)
+
+PAPER_TABLES = (TABLE1, TABLE2)
+TABLES = {t.name: t for t in (*PAPER_TABLES, LEVERS)}
 
 
 def paper_value(table: Table, cell: Cell) -> tuple[float | None, float | None]:
@@ -143,9 +182,10 @@ def paper_value(table: Table, cell: Cell) -> tuple[float | None, float | None]:
 
 
 def home(cell: Cell) -> str:
-    """The folder under grid/runs/ a cell's runs live in: the table that holds it, or `shared` when
-    both tables do (each table's stage depends on its own folder and on `shared`)."""
-    owners = [t.name for t in TABLES.values() if cell in t.cells]
+    """The folder under grid/runs/ a cell's runs live in: the paper table that holds it, `shared` when both
+    do (each table's stage depends on its own folder and on `shared`), else the one other table holding it
+    (the levers table reads its cells from Table 2's folder and `shared` too)."""
+    owners = [t.name for t in PAPER_TABLES if cell in t.cells] or [t.name for t in TABLES.values() if cell in t.cells]
     return "shared" if len(owners) > 1 else owners[0]
 
 
@@ -163,40 +203,70 @@ def selected_cells(grid_params: dict) -> list[Cell]:
     return cells
 
 
-def pretrain_config(params: dict, method: str, projection: str) -> dict:
-    """The profile's `pretrain` group with the method, its head and the per-method overrides
-    (`grid.pretrain_overrides`, e.g. the paper's 128 px for masked autoencoders) applied. The
-    baseline `none` trains nothing, so none of the settings apply to it."""
+VARIANT_KEYS = {"photos", "training_pets", "pretrain"}
+
+
+def pretrain_variant(params: dict, name: str) -> dict:
+    """A variant of `grid.pretrain_variants`: `photos` (a seeded subset of that many of the raw pretraining
+    photos instead of the prepared ones; 0 = all), `training_pets` (add the training split's pet photos,
+    never validation or test) and `pretrain` (overrides of the pretrain group)."""
+    variants = params["grid"].get("pretrain_variants") or {}
+    if name not in variants:
+        raise ValueError(f"grid.pretrain_variants has no {name!r} (a cell of the levers table needs it); "
+                         f"it has {sorted(variants)}")
+    variant = variants[name] or {}
+    unknown = set(variant) - VARIANT_KEYS
+    if unknown:
+        raise ValueError(f"grid.pretrain_variants.{name}: unknown keys {sorted(unknown)}; "
+                         f"expected some of {sorted(VARIANT_KEYS)}")
+    return variant
+
+
+def pretrain_config(params: dict, method: str, projection: str, variant: str = "") -> dict:
+    """The profile's `pretrain` group with the method, its head, the per-method overrides
+    (`grid.pretrain_overrides`, e.g. the paper's 128 px for masked autoencoders) and the variant's
+    overrides applied. The baseline `none` trains nothing, so none of the settings apply to it."""
     if method == "none":
         return {"method": "none", "projection": projection}
     cfg = copy.deepcopy(params["pretrain"])
     cfg |= (params["grid"].get("pretrain_overrides") or {}).get(method, {})
+    if variant:
+        cfg |= pretrain_variant(params, variant).get("pretrain") or {}
     cfg |= {"method": method, "projection": projection}
     return cfg
 
 
 def plan(params: dict) -> dict:
     """Every pretraining run and fine-tuning run of the selected cells x `grid.seeds`, keyed by
-    names free of dots. Fine-tuning runs name the pretraining run whose checkpoint they start from."""
+    names free of dots. Fine-tuning runs name the pretraining run whose checkpoint they start from.
+    Pretraining runs of a variant are planned apart (`pretrain_variant`): their stage also reads the
+    raw photos and the prepared pets."""
     pretrain_runs: dict[str, dict] = {}
+    variant_runs: dict[str, dict] = {}
     finetune_runs: dict[str, dict] = {}
     for cell in selected_cells(params["grid"]):
-        method, projection, skips = cell.pretraining
+        method, projection, skips, variant = cell.pretraining
         for seed in params["grid"]["seeds"]:
             key = cell.pretrain_key(seed)
-            pretrain_runs.setdefault(key, {
-                "seed": seed, "skip_connections": skips, "pretrain": pretrain_config(params, method, projection)})
+            run = {"seed": seed, "skip_connections": skips,
+                   "pretrain": pretrain_config(params, method, projection, variant)}
+            if variant:
+                chosen = pretrain_variant(params, variant)
+                run |= {"variant": variant, "photos": chosen.get("photos"),
+                        "training_pets": bool(chosen.get("training_pets"))}
+            (variant_runs if variant else pretrain_runs).setdefault(key, run)
             finetune_runs[f"{cell.name}-s{seed}"] = {
                 "cell": cell.name,
                 "seed": seed,
                 "dir": f"{home(cell)}/{cell.name}/s{seed}",
                 "pretrain": key,
+                "pretrained": f"{(GRID_PRETRAIN_VARIANTS if variant else GRID_PRETRAINED).as_posix()}/{key}",
                 "finetune": {**params["finetune"], "freeze_encoder": cell.freeze_encoder,
                              "skip_connections": cell.skip_connections, "subset": cell.subset,
                              "recompute_bn_stats": cell.recompute_bn},
                 "runtime": {**params["runtime"], **(params["grid"].get("finetune_runtime") or {})},
             }
-    return {"pretrain": pretrain_runs, "finetune": finetune_runs}
+    return {"pretrain": pretrain_runs, "pretrain_variant": variant_runs, "finetune": finetune_runs}
 
 
 def cell_by_name(name: str) -> Cell:

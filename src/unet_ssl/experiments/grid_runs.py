@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+import torch
 import yaml
 
 from unet_ssl.config import CLASS_NAMES
@@ -21,11 +23,12 @@ from unet_ssl.core import checkpoint
 from unet_ssl.core.finetuning import FinetuneConfig, finetune
 from unet_ssl.core.inference import evaluate_model
 from unet_ssl.core.pretraining import PretrainConfig, pretrain
+from unet_ssl.core.resize import resize_image
 from unet_ssl.core.runtime import make_runtime, seed_everything
 from unet_ssl.core.stats import confusion_record, per_image_confusion
 from unet_ssl.data.preparation import prepare_pets, prepare_pretrain
 from unet_ssl.data.prepared import load_pets, load_tensors
-from unet_ssl.data.splits import finetuning_splits
+from unet_ssl.data.splits import finetuning_splits, split_indices
 from unet_ssl.experiments import grid_plan
 from unet_ssl.paths import (
     GRID_FINETUNED_CHECKPOINT,
@@ -33,11 +36,13 @@ from unet_ssl.paths import (
     GRID_PETS,
     GRID_PRETRAIN_IMAGES,
     GRID_PRETRAIN_RECORD,
+    GRID_PRETRAIN_VARIANTS,
     GRID_PRETRAINED,
     GRID_PRETRAINED_CHECKPOINT,
     GRID_RESULT,
     GRID_RUNS,
     GRID_VALIDATION,
+    PRETRAIN_TENSORS,
     grid_resume,
 )
 from unet_ssl.render import score_record
@@ -86,11 +91,12 @@ def check_plan(params: dict) -> None:
 
 
 def plan_entry(params: dict, kind: str, key: str) -> dict:
+    """A run of the plan; `pretrain` finds the variants' pretraining runs too (one command, two stages)."""
     check_plan(params)
-    try:
-        return params["plan"][kind][key]
-    except KeyError:
-        raise GridPlanError(f"{GRID_PARAMS} plans no {kind} run named {key!r}") from None
+    runs = params["plan"][kind] | (params["plan"]["pretrain_variant"] if kind == "pretrain" else {})
+    if key not in runs:
+        raise GridPlanError(f"{GRID_PARAMS} plans no {kind} run named {key!r}")
+    return runs[key]
 
 
 def run_dir(entry: dict) -> Path:
@@ -125,6 +131,26 @@ def prepare(params: dict) -> None:
           f"{len(rows)} checks passed")
 
 
+def variant_photos(params: dict, entry: dict, folder: Path) -> Path:
+    """A variant's pretraining photos as one tensor file in `folder`: a seeded subset of `photos` of the raw
+    photos (the prepared ones when it sets none; the subset of N holds the prepared ones when N is larger),
+    then the training split's pets at the pretraining size when `training_pets` (never validation or test)."""
+    data = params["data"]
+    if entry["photos"] is None:
+        images = load_tensors(GRID_PRETRAIN_IMAGES)["images"]
+    else:
+        prepare_pretrain(Path(data["raw_dir"]), folder, data | {"pretrain_limit": entry["photos"]}, data["split_seed"])
+        images = load_tensors(folder / PRETRAIN_TENSORS)["images"]
+    if entry["training_pets"]:
+        pets = load_tensors(GRID_PETS)
+        train = pets["images"][split_indices(pets["split"], "train")]
+        size = images.shape[-1]
+        train = train if train.shape[-1] == size else torch.stack([resize_image(i, size) for i in train])
+        images = torch.cat([images, train])
+    torch.save({"images": images}, folder / PRETRAIN_TENSORS)
+    return folder / PRETRAIN_TENSORS
+
+
 def pretrain_run(params: dict, key: str) -> None:
     entry = plan_entry(params, "pretrain", key)
     cfg = PretrainConfig(**entry["pretrain"])
@@ -136,17 +162,21 @@ def pretrain_run(params: dict, key: str) -> None:
                   "grid": {"profile": params["profile"], "run": key}}
     tags = {"method": cfg.method, "projection": cfg.projection, "skip_connections": skips, "seed": seed,
             "grid_profile": params["profile"], "grid_run": key}
-    out = GRID_PRETRAINED / key
+    if "variant" in entry:
+        run_params["grid"] |= {k: entry[k] for k in ("variant", "photos", "training_pets")}
+        tags |= {"variant": entry["variant"]}
+    out = (GRID_PRETRAIN_VARIANTS if "variant" in entry else GRID_PRETRAINED) / key
     out.mkdir(parents=True, exist_ok=True)
     started = now()
-    with stage_run("grid_pretrain", run_params, tags) as run:
-        images = load_tensors(GRID_PRETRAIN_IMAGES)["images"] if cfg.method != "none" else None
+    with stage_run("grid_pretrain", run_params, tags) as run, tempfile.TemporaryDirectory() as scratch:
+        photos = GRID_PRETRAIN_IMAGES if "variant" not in entry else variant_photos(params, entry, Path(scratch))
+        images = load_tensors(photos)["images"] if cfg.method != "none" else None
         if images is not None:
-            run.log_data("pretrain", GRID_PRETRAIN_IMAGES, "training")
+            run.log_data("pretrain", photos, "training")
         start, cpu_start = time.perf_counter(), time.process_time()
         resume = grid_resume("pretrain", key)
         identity = checkpoint.resume_key(run_params, ["seed", "pretrain", "finetune", "runtime"],
-                                         {"data": GRID_PRETRAIN_IMAGES} if images is not None else {})
+                                         {"data": photos} if images is not None else {})
         result = pretrain(images, cfg, skips, runtime, generator, resume_path=resume, resume_key=identity,
                           on_epoch=lambda e, row: run.log_metrics({"loss": row["loss"]}, step=e))
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
@@ -178,7 +208,7 @@ def finetune_run(params: dict, key: str) -> None:
     seed = entry["seed"]
     pets = load_pets(GRID_PETS, cfg.image_size)
     train_idx, val_idx, test_idx = finetuning_splits(pets["split"], cfg.subset, seed)
-    source = GRID_PRETRAINED / entry["pretrain"]
+    source = Path(entry["pretrained"])
     pretrained_path = source / GRID_PRETRAINED_CHECKPOINT
     pretrained = checkpoint.load(pretrained_path)
     pretraining = json.loads((source / GRID_PRETRAIN_RECORD).read_text())
@@ -191,7 +221,7 @@ def finetune_run(params: dict, key: str) -> None:
                            "pretrain_run": entry["pretrain"]}}
     tags = {"method": cell.method, "projection": cell.projection, "freeze_encoder": cell.freeze_encoder,
             "skip_connections": cell.skip_connections, "subset": cell.subset, "recompute_bn_stats": cell.recompute_bn,
-            "seed": seed, "grid_cell": cell.name,
+            "seed": seed, "grid_cell": cell.name, "variant": cell.variant,
             "grid_tables": ",".join(tables), "grid_profile": params["profile"], "grid_run": key}
     out = run_dir(entry)
     out.mkdir(parents=True, exist_ok=True)
@@ -212,6 +242,9 @@ def finetune_run(params: dict, key: str) -> None:
         scores, pred = evaluate_model(runtime.model(model), pets["images"][test_idx], pets["masks"][test_idx], runtime,
                                       ev["batch_size"], ev["paper_batch_size"])
         per_image = per_image_confusion(pred, pets["masks"][test_idx], len(CLASS_NAMES))
+        _, val_pred = evaluate_model(runtime.model(model), pets["images"][val_idx], pets["masks"][val_idx], runtime,
+                                     ev["batch_size"], ev["paper_batch_size"])
+        val_per_image = per_image_confusion(val_pred, pets["masks"][val_idx], len(CLASS_NAMES))
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         checkpoint.save_atomic(result, out / GRID_FINETUNED_CHECKPOINT)
         resume.unlink(missing_ok=True)
@@ -219,13 +252,15 @@ def finetune_run(params: dict, key: str) -> None:
                                                                         "selected_epoch": result["selected_epoch"]})
         record = {
             "key": key, "cell": cell.name, "tables": tables, "seed": seed, "method": cell.method,
-            "projection": cell.projection, "freeze_encoder": cell.freeze_encoder,
+            "projection": cell.projection, "variant": cell.variant, "freeze_encoder": cell.freeze_encoder,
             "skip_connections": cell.skip_connections, "subset": cell.subset, "recompute_bn_stats": cell.recompute_bn,
             "precision": entry["runtime"]["precision"], "profile": params["profile"],
-            "pretrain_run": entry["pretrain"], "pretrain_mlflow_run_id": pretraining["mlflow_run_id"],
+            "pretrain_run": entry["pretrain"], "pretrain_dir": entry["pretrained"],
+            "pretrain_mlflow_run_id": pretraining["mlflow_run_id"],
             "pretrain_seconds": pretraining["seconds"], "finetune": entry["finetune"],
             "n_train": len(train_idx), "n_val": len(val_idx), "test": score_record(scores),
             "test_confusion": confusion_record(test_idx, per_image),
+            "val_confusion": confusion_record(val_idx, val_per_image),  # selected weights: paired validation tests
             "selected_epoch": result["selected_epoch"], "history": result["history"],
             "seconds": seconds, "cpu_seconds": cpu_seconds, "started": started, "finished": now(),
             "device": str(runtime.device), "mlflow_run_id": run.run_id,
@@ -255,7 +290,9 @@ def summary(params: dict) -> str:
     by_subset = (pd.Series([e["finetune"]["subset"] for e in plan["finetune"].values()]).value_counts()
                  .sort_index(ascending=False))
     methods = pd.Series([e["pretrain"]["method"] for e in plan["pretrain"].values()]).value_counts()
+    variants = f" + {len(plan['pretrain_variant'])} of pretraining variants" if plan["pretrain_variant"] else ""
     return (f"{params['profile']}: {len(plan['pretrain'])} pretraining runs "
-            f"({', '.join(f'{m} {n}' for m, n in methods.items())}), {len(plan['finetune'])} fine-tuning runs "
+            f"({', '.join(f'{m} {n}' for m, n in methods.items())}){variants}, "
+            f"{len(plan['finetune'])} fine-tuning runs "
             f"({', '.join(f'subset {s:g}: {n}' for s, n in by_subset.items())}), "
             f"seeds {params['grid']['seeds']}")

@@ -1,6 +1,7 @@
-"""The paper's Table 1 and Table 2 from the grid's run records (grid/runs/**/result.json): statistics over
-seeds, paired comparisons, the markdown of reports/table1.md and table2.md and their figures. The only
-numbers not computed from runs are the paper's, quoted from `unet_ssl.experiments.grid_plan`."""
+"""The paper's Table 1 and Table 2, and our levers table, from the grid's run records
+(grid/runs/**/result.json): statistics over seeds, paired comparisons, the markdown of reports/table1.md,
+table2.md and levers.md and their figures. The only numbers not computed from runs are the paper's, quoted
+from `unet_ssl.experiments.grid_plan`."""
 from __future__ import annotations
 
 import json
@@ -10,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from unet_ssl.core.stats import PerImage, confusion_from_record, paired_text
+from unet_ssl.core.stats import PerImage, confusion_from_record, dataset_jaccard, paired_text
 from unet_ssl.data.species import SPECIES, describe_pets, scores_by_species
 from unet_ssl.experiments import figures, grid_plan
 from unet_ssl.paths import (
     GRID_DATA,
     GRID_PRETRAIN_RECORD,
-    GRID_PRETRAINED,
     LEARNING_CURVES_FIGURE,
     MAE_FIGURE,
     PETS_FOLDER,
@@ -26,6 +26,7 @@ from unet_ssl.paths import (
     PRETRAIN_MANIFEST,
     PRETRAINING_LOSS_FIGURE,
     SUBSET_FIGURE,
+    grid_pretraining,
     table_figures,
     table_report,
 )
@@ -40,8 +41,8 @@ SCORES = {  # column -> (label, path in a result's "test" scores)
 }
 RESAMPLES = 2000  # bootstrap resamples of a paired comparison
 PAIRED = ("paired by seed (the seeds both cells ran): mean difference with a 95% bootstrap interval over "
-          f"seeds and test images ({RESAMPLES} resamples); 'better'/'worse' only where the interval excludes zero, "
-          "else 'within noise'.")
+          f"seeds and the split's images ({RESAMPLES} resamples); 'better'/'worse' only where the interval excludes "
+          "zero, else 'within noise'.")
 
 
 def _get(scores: dict, path: tuple[str, ...]) -> float:
@@ -58,6 +59,8 @@ def metric_frame(frame: pd.DataFrame, names: list[str] | None = None) -> pd.Data
     out = frame.copy()
     for column, (_, path) in SCORES.items():
         out[column] = [_get(t, path) for t in frame["test"]]
+    out["val_jaccard"] = [history[epoch - 1].get("val_jaccard", math.nan)
+                          for history, epoch in zip(frame["history"], frame["selected_epoch"])]
     if names is not None:
         scores = [species_jaccard(per_image(record), names) for _, record in frame.iterrows()]
         for kind in SPECIES:
@@ -92,22 +95,32 @@ def seed_runs(frame: pd.DataFrame, cell: grid_plan.Cell) -> dict[int, pd.Series]
     return {int(r["seed"]): r for _, r in runs.iterrows()}
 
 
-def per_image(record: pd.Series) -> PerImage | None:
-    """(test indices, per-image confusion matrices) of a run, None where its record predates them."""
-    saved = record.get("test_confusion")
+def per_image(record: pd.Series, split: str = "test") -> PerImage | None:
+    """(indices, per-image confusion matrices) of a run on the test or validation split, None where its
+    record predates them."""
+    saved = record.get(f"{split}_confusion")
     return confusion_from_record(saved) if isinstance(saved, dict) else None
 
 
-def difference(frame: pd.DataFrame, cell: grid_plan.Cell, baseline: grid_plan.Cell) -> str:
-    """Dataset-level Jaccard of `cell` minus `baseline`, paired by seed (the seeds both ran): the mean
-    difference with a bootstrap interval over seeds and test images, and a verdict only where the
+def split_jaccard(record: pd.Series, split: str) -> float:
+    """A run's dataset-level Jaccard on the test split, or on validation from its per-image matrices."""
+    if split == "test":
+        return float(record["jaccard"])
+    saved = per_image(record, split)
+    return math.nan if saved is None else float(dataset_jaccard(saved[1].sum(0)))
+
+
+def difference(frame: pd.DataFrame, cell: grid_plan.Cell, baseline: grid_plan.Cell, split: str = "test") -> str:
+    """Dataset-level Jaccard of `cell` minus `baseline` on `split`, paired by seed (the seeds both ran): the
+    mean difference with a bootstrap interval over seeds and images, and a verdict only where the
     interval excludes zero."""
     a, b = seed_runs(frame, baseline), seed_runs(frame, cell)
     seeds = sorted(a.keys() & b.keys())
     if not seeds:
         return "—"
-    plain = float(np.mean([b[s]["jaccard"] - a[s]["jaccard"] for s in seeds]))
-    return paired_text([per_image(a[s]) for s in seeds], [per_image(b[s]) for s in seeds], plain, RESAMPLES)
+    plain = float(np.mean([split_jaccard(b[s], split) - split_jaccard(a[s], split) for s in seeds]))
+    return paired_text([per_image(a[s], split) for s in seeds], [per_image(b[s], split) for s in seeds], plain,
+                       RESAMPLES)
 
 
 def scratch_baseline(cell: grid_plan.Cell) -> grid_plan.Cell:
@@ -163,7 +176,7 @@ def timing_statement(frame: pd.DataFrame) -> str:
         return "- Time: no runs yet."
     pre = {}
     for record in frame.itertuples():
-        path = GRID_PRETRAINED / record.pretrain_run / GRID_PRETRAIN_RECORD
+        path = grid_pretraining(record.pretrain_run, getattr(record, "pretrain_dir", None)) / GRID_PRETRAIN_RECORD
         if path.is_file():
             pre[record.pretrain_run] = json.loads(path.read_text())
     compute = frame["seconds"].sum() + sum(p["seconds"] for p in pre.values())
@@ -281,6 +294,44 @@ def table2_lines(frame: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
+def pretraining_budget(frame: pd.DataFrame, cell: grid_plan.Cell) -> str:
+    """What a cell's pretraining saw, from its first seed's record: photos x epochs, and minutes per run."""
+    runs = seed_runs(frame, cell)
+    if cell.method == "none" or not runs:
+        return "—"
+    first = runs[min(runs)]
+    path = grid_pretraining(first["pretrain_run"], first.get("pretrain_dir")) / GRID_PRETRAIN_RECORD
+    if not path.is_file():
+        return "—"
+    record = json.loads(path.read_text())
+    return f"{record['n_images']:,} × {record['config']['epochs']} epochs, {record['seconds'] / 60:.0f} min"
+
+
+def levers_lines(frame: pd.DataFrame) -> list[str]:
+    levers = grid_plan.LEVERS
+    scratch = scratch_baseline(levers.cells[0])
+    rows = []
+    for line in levers.rows:
+        cell = line.cells[0]
+        against = (["baseline"] * 2 if cell == scratch else
+                   [difference(frame, cell, scratch, split) for split in ("val", "test")])
+        rows.append([line.label, stats(frame, cell, "jaccard")[2], mean_sd(*stats(frame, cell, "val_jaccard")),
+                     mean_sd(*stats(frame, cell, "jaccard")),
+                     *[mean_sd(*stats(frame, cell, f"{kind}_jaccard")) for kind in SPECIES], *against,
+                     pretraining_budget(frame, cell)])
+    return ["## Scores", "",
+            "Every row fine-tunes the same way (the profile's `finetune` group: same epochs, batch, learning rate, "
+            "augmentation, weights of the best validation epoch) with the encoder trained and skips on, on 90% of "
+            "the pets (the whole training split); only the starting weights differ. A lever pays off where both "
+            "the validation and the test interval against training from scratch exclude zero in its favour; "
+            "validation decides, test confirms.", "",
+            *table(["pretraining", "seeds", "val Jaccard", "test Jaccard", "cats Jaccard (test)",
+                    "dogs Jaccard (test)", "val vs from scratch", "test vs from scratch",
+                    "pretraining photos × epochs, time"], rows),
+            "", f"vs from scratch: dataset-level Jaccard minus that of the U-Net trained from scratch, {PAIRED}", "",
+            "## Where the levers come from", "", *[f"- {paper}" for paper in grid_plan.LEVER_PAPERS], ""]
+
+
 def subset_points(frame: pd.DataFrame, paper: grid_plan.Table) -> tuple[dict, dict]:
     """Per row of Table 2: (subset, mean, sd) of the cells run, and (subset, value) of the paper's."""
     ours, theirs = {}, {}
@@ -297,7 +348,7 @@ def write_report(params: dict, paper: grid_plan.Table, frame: pd.DataFrame) -> P
     report, folder = table_report(paper.name), table_figures(paper.name)
     folder.mkdir(parents=True, exist_ok=True)
     lines = header(paper, params, frame)
-    lines += table1_lines(frame) if paper.name == "table1" else table2_lines(frame)
+    lines += {"table1": table1_lines, "table2": table2_lines, "levers": levers_lines}[paper.name](frame)
     figures.learning_curves(frame, paper, folder / LEARNING_CURVES_FIGURE)
     figures.pretraining_curves(frame, folder / PRETRAINING_LOSS_FIGURE)
     shown = [line.cells[0] for line in paper.rows]  # the 90% column
@@ -308,7 +359,7 @@ def write_report(params: dict, paper: grid_plan.Table, frame: pd.DataFrame) -> P
     if paper.name == "table2":
         figures.subset_curves(*subset_points(frame, paper), folder / SUBSET_FIGURE)
         lines += [image("Jaccard vs subset size", folder / SUBSET_FIGURE, report), ""]
-    else:
+    elif paper.name == "table1":
         figures.mae_figure(params)
         lines += [image("MAE reconstructions", MAE_FIGURE, report), ""]
     lines += ["## Runs", "", *diagnostics(frame, paper.cells), "",

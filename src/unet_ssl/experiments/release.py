@@ -37,7 +37,6 @@ from unet_ssl.paths import (
     GRID_FINETUNED_CHECKPOINT,
     GRID_PARAMS,
     GRID_PRETRAIN_RECORD,
-    GRID_PRETRAINED,
     GRID_RESULT,
     PETS,
     PREDICTIONS,
@@ -46,6 +45,7 @@ from unet_ssl.paths import (
     RELEASE_CARD,
     RELEASE_CHECKPOINT,
     TEST_SCORES,
+    grid_pretraining,
 )
 from unet_ssl.render import number, table
 
@@ -141,7 +141,8 @@ def grid_candidates() -> list[Candidate]:
         path = Path(r.path) / GRID_FINETUNED_CHECKPOINT
         if not path.is_file():
             continue
-        pretraining = json.loads((GRID_PRETRAINED / r.pretrain_run / GRID_PRETRAIN_RECORD).read_text())
+        folder = grid_pretraining(r.pretrain_run, getattr(r, "pretrain_dir", None))
+        pretraining = json.loads((folder / GRID_PRETRAIN_RECORD).read_text())
         settings = {"seed": r.seed, "data": params["data"], "pretrain": pretraining["config"], "finetune": r.finetune}
         out.append(Candidate(f"grid run {r.key}", path, selected_val_jaccard(checkpoint.load(path)), r.test, settings,
                              params["profile"], GRID_DATA, r.mlflow_run_id))
