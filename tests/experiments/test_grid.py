@@ -395,6 +395,10 @@ def test_release_publishes_the_best_grid_model_with_a_model_card(grid_repo, tmp_
     assert max(h["val_jaccard"] for h in ckpt["history"]) == best_val
     assert f"{record['test']['jaccard']:.3f}" in card and "profiles/grid-micro.yaml" in card
     assert "## Against the alternative" in card and "paired by seed (seeds 0): " in card and "(95% CI " in card
+    # per species, validation beside test: the validation pets of the chosen run's record, each species apart
+    rows = [line.split(" | ") for line in card.splitlines() if line.startswith(("| cats |", "| dogs |"))]
+    n_val = sum(int(r[1]) for r in rows)
+    assert len(rows) == 2 and n_val == record["n_val"] == len(confusion_from_record(record["val_confusion"])[0])
     pets = copy_pets(tmp_path / "folder", SMALL_PETS)
     run(["unet-ssl", "evaluate", "--checkpoint", str(model), "--images", str(pets / "images"),
          "--trimaps", str(pets / "annotations" / "trimaps"), "--out", str(tmp_path / "scores.json")], repo, env)

@@ -22,6 +22,8 @@ import yaml
 
 from unet_ssl.config import CLASS_NAMES
 from unet_ssl.core import checkpoint
+from unet_ssl.core.inference import predict
+from unet_ssl.core.runtime import make_runtime
 from unet_ssl.core.stats import (
     PerImage,
     confusion_from_record,
@@ -29,7 +31,8 @@ from unet_ssl.core.stats import (
     per_image_confusion,
 )
 from unet_ssl.data.prepared import load_tensors
-from unet_ssl.data.species import scores_by_species
+from unet_ssl.data.species import SPECIES, scores_by_species
+from unet_ssl.data.splits import split_indices
 from unet_ssl.experiments.grid_plan import PAPER_TABLE2
 from unet_ssl.paths import (
     FINETUNED,
@@ -39,6 +42,8 @@ from unet_ssl.paths import (
     GRID_PRETRAIN_RECORD,
     GRID_RESULT,
     PETS,
+    PETS_FOLDER,
+    PETS_TENSORS,
     PREDICTIONS,
     PREPARED,
     PROFILES,
@@ -56,6 +61,7 @@ MAX_BYTES = 10 * 1024 * 1024
 PAPER_BEST_JACCARD = PAPER_TABLE2[(False, True)][0.9]  # the paper's best cell, the goal to beat
 REGISTERED_MODEL = "pets-unet"
 ALIAS = "champion"
+RESCORE_BATCH = 64  # validation pets per forward pass when a model is scored again for its card
 EXAMPLE_SIZE = 16  # side of the input example: the model takes photos of any size, so keep it small
 
 
@@ -182,17 +188,37 @@ def candidate_per_image(c: Candidate) -> PerImage | None:
     return None if saved is None else confusion_from_record(saved)
 
 
+def candidate_val_per_image(c: Candidate) -> PerImage:
+    """Per-image validation confusion matrices of the released weights: from a grid run's record where it
+    has them, else from the model run once more over the validation pets of its prepared data (fp32)."""
+    if c.checkpoint != FINETUNED:
+        saved = json.loads((c.checkpoint.parent / GRID_RESULT).read_text()).get("val_confusion")
+        if saved is not None:
+            return confusion_from_record(saved)
+    pets = load_tensors(c.prepared / PETS_FOLDER / PETS_TENSORS)
+    val = split_indices(pets["split"], "val")
+    runtime = make_runtime({})
+    pred = predict(runtime.model(checkpoint.load_model(c.checkpoint)), pets["images"][val], runtime, RESCORE_BATCH)
+    return val.numpy(), per_image_confusion(pred, pets["masks"][val], len(CLASS_NAMES)).numpy()
+
+
 def species_lines(c: Candidate) -> list[str]:
-    """Test scores of the cats and of the dogs apart (each species' per-image matrices summed): the shared data is
-    mostly cats, so the overall score is mostly a cat score."""
+    """Validation and test scores of the cats and of the dogs apart (each species' per-image matrices summed):
+    the shared data is mostly cats, so the overall score is mostly a cat score."""
     from unet_ssl.experiments.paper_tables import pet_names
 
     saved = candidate_per_image(c)
     if saved is None:
         return ["Per species: not recorded for this run."]
-    by_species = scores_by_species(pet_names(c.prepared), *saved)
-    rows = [[f"{kind}s", s["n_images"], number(s["f1"]), number(s["jaccard"])] for kind, s in by_species.items()]
-    return table(["species", "test pets", "F1", "Jaccard"], rows)
+    names = pet_names(c.prepared)
+    val, test = (scores_by_species(names, *per_image) for per_image in (candidate_val_per_image(c), saved))
+    none = {"n_images": 0, "f1": None, "jaccard": None}  # a species with no pet in that split
+    rows = []
+    for kind in (k for k in SPECIES if k in val or k in test):
+        v, t = val.get(kind, none), test.get(kind, none)
+        rows.append([f"{kind}s", v["n_images"], number(v["jaccard"], absent="—"), t["n_images"],
+                     number(t["f1"], absent="—"), number(t["jaccard"], absent="—")])
+    return table(["species", "validation pets", "validation Jaccard", "test pets", "test F1", "test Jaccard"], rows)
 
 
 def same_configuration(c: Candidate, candidates: list[Candidate]) -> dict[int, Candidate]:
