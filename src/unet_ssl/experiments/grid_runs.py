@@ -42,6 +42,7 @@ from unet_ssl.paths import (
     GRID_RESULT,
     GRID_RUNS,
     GRID_VALIDATION,
+    PRETRAIN_FOLDER,
     PRETRAIN_TENSORS,
     grid_resume,
 )
@@ -151,6 +152,12 @@ def variant_photos(params: dict, entry: dict, folder: Path) -> Path:
     return folder / PRETRAIN_TENSORS
 
 
+def variant_sources(params: dict, entry: dict) -> list[Path]:
+    """What a variant's photos are made from, for MLflow: the raw photos or the prepared ones, and the pets."""
+    photos = GRID_PRETRAIN_IMAGES if entry["photos"] is None else Path(params["data"]["raw_dir"]) / PRETRAIN_FOLDER
+    return [photos, *([GRID_PETS] if entry["training_pets"] else [])]
+
+
 def pretrain_run(params: dict, key: str) -> None:
     entry = plan_entry(params, "pretrain", key)
     cfg = PretrainConfig(**entry["pretrain"])
@@ -172,7 +179,7 @@ def pretrain_run(params: dict, key: str) -> None:
         photos = GRID_PRETRAIN_IMAGES if "variant" not in entry else variant_photos(params, entry, Path(scratch))
         images = load_tensors(photos)["images"] if cfg.method != "none" else None
         if images is not None:
-            run.log_data("pretrain", photos, "training")
+            run.log_data("pretrain", photos if "variant" not in entry else variant_sources(params, entry), "training")
         start, cpu_start = time.perf_counter(), time.process_time()
         resume = grid_resume("pretrain", key)
         identity = checkpoint.resume_key(run_params, ["seed", "pretrain", "finetune", "runtime"],
