@@ -57,6 +57,8 @@ def test_the_tables_hold_the_papers_cells_plus_baselines_and_the_multilevel_row(
     assert grid_plan.paper_value(grid_plan.TABLE2, grid_plan.Cell("simclr", True, False, 0.9)) == (None, 0.469)
     assert grid_plan.paper_value(grid_plan.TABLE1, grid_plan.Cell("mae_patch")) == (0.779, 0.656)
     assert grid_plan.paper_value(grid_plan.TABLE1, grid_plan.Cell("none")) == (None, None)
+    # the paper kept the pretraining's batch-norm statistics: our recomputed rows have no paper value
+    assert grid_plan.paper_value(grid_plan.TABLE1, grid_plan.Cell("simclr", recompute_bn=True)) == (None, None)
 
 
 def test_cells_in_both_tables_live_in_shared_and_names_have_no_dots():

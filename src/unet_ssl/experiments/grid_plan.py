@@ -174,7 +174,8 @@ TABLES = {t.name: t for t in (*PAPER_TABLES, LEVERS)}
 
 def paper_value(table: Table, cell: Cell) -> tuple[float | None, float | None]:
     """The paper's (F1, Jaccard) for a cell, None where the paper has no such cell."""
-    if table.name == "table1" and cell.projection == "bottleneck" and cell.method in PAPER_TABLE1:
+    ours = cell.projection != "bottleneck" or cell.recompute_bn  # a head or statistics the paper did not have
+    if table.name == "table1" and not ours and cell.method in PAPER_TABLE1:
         return PAPER_TABLE1[cell.method]
     if table.name == "table2" and cell.method == "simclr":
         return None, PAPER_TABLE2[(cell.freeze_encoder, cell.skip_connections)][cell.subset]
