@@ -21,7 +21,7 @@ import yaml
 from unet_ssl.config import CLASS_NAMES
 from unet_ssl.core import checkpoint
 from unet_ssl.core.finetuning import FinetuneConfig, finetune
-from unet_ssl.core.inference import evaluate_model
+from unet_ssl.core.inference import evaluate_model, predict
 from unet_ssl.core.pretraining import PretrainConfig, pretrain
 from unet_ssl.core.resize import resize_image
 from unet_ssl.core.runtime import make_runtime, seed_everything
@@ -244,13 +244,12 @@ def finetune_run(params: dict, key: str) -> None:
                           resume_path=resume, resume_key=identity, on_epoch=lambda e, row: run.log_metrics(row, step=e),
                           pretrained_path=pretrained_path)
         train_seconds = time.perf_counter() - start
-        model = checkpoint.model_from(result)
+        model = runtime.model(checkpoint.model_from(result))
         ev = params["evaluate"]
-        scores, pred = evaluate_model(runtime.model(model), pets["images"][test_idx], pets["masks"][test_idx], runtime,
+        scores, pred = evaluate_model(model, pets["images"][test_idx], pets["masks"][test_idx], runtime,
                                       ev["batch_size"], ev["paper_batch_size"])
         per_image = per_image_confusion(pred, pets["masks"][test_idx], len(CLASS_NAMES))
-        _, val_pred = evaluate_model(runtime.model(model), pets["images"][val_idx], pets["masks"][val_idx], runtime,
-                                     ev["batch_size"], ev["paper_batch_size"])
+        val_pred = predict(model, pets["images"][val_idx], runtime, ev["batch_size"])  # matrices only, no scores
         val_per_image = per_image_confusion(val_pred, pets["masks"][val_idx], len(CLASS_NAMES))
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         checkpoint.save_atomic(result, out / GRID_FINETUNED_CHECKPOINT)

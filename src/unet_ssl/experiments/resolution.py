@@ -36,8 +36,7 @@ def models(params: dict) -> pd.DataFrame:
     bad = [s for s in params["grid"]["resolutions"] if s % 8]
     if bad:
         raise ValueError(f"grid.resolutions {bad}: the U-Net needs sizes divisible by 8")
-    frame = results(params, [c for t in grid_plan.PAPER_TABLES for c in t.cells if c.subset == 0.9])
-    return frame
+    return results(params, [c for t in grid_plan.PAPER_TABLES for c in t.cells if c.subset == 0.9])
 
 
 def test_pets_at(raw_dir: Path, manifest: pd.DataFrame,
