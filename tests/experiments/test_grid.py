@@ -113,12 +113,24 @@ def test_levers_fine_tune_alike_and_keep_the_paper_tables_folders():
     with pytest.raises(ValueError, match="needs a pretraining method"):
         grid_plan.Cell("none", variant="with_pets")
     params = load(PROFILES / "grid-micro.yaml")
+    params["grid"]["cells"] = [n for n in params["grid"]["cells"] if n != "simclr-trained-skip-90"]
+    with pytest.raises(ValueError, match=r"compares its rows with \['simclr-trained-skip-90'\]"):
+        grid_plan.plan(params)
     params["grid"] |= {"tables": ["levers"], "cells": [], "pretrain_variants": {"with_pets": {"photos": 8}}}
     with pytest.raises(ValueError, match="has no 'all_photos'"):
         grid_plan.plan(params)
     params["grid"]["pretrain_variants"] = {v: {"epoch": 3} for v in ("all_photos", "with_pets", "tuned")}
     with pytest.raises(ValueError, match=r"unknown keys \['epoch'\]"):
         grid_plan.plan(params)
+
+
+def test_the_levers_stage_depends_on_its_own_runs_and_its_baselines_folders_only():
+    """Not on whole paper tables: a levers run must not wait on (or rerun) Table 2's other 57 runs."""
+    deps = yaml.safe_load((REPO / "grid" / "dvc.yaml").read_text())["stages"]["levers"]["deps"]
+    runs = {d for d in deps if d.startswith("grid/runs/")}
+    assert runs == {"grid/runs/levers"} | {f"grid/runs/{grid_plan.home(c)}/{c.name}"
+                                            for c in grid_plan.levers_baselines()}
+    assert [c.name for c in grid_plan.levers_baselines()] == ["none-trained-skip-90", "simclr-trained-skip-90"]
 
 
 def test_mae_cells_without_skips_get_their_own_pretraining():

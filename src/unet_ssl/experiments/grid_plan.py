@@ -190,6 +190,12 @@ def home(cell: Cell) -> str:
     return "shared" if len(owners) > 1 else owners[0]
 
 
+def levers_baselines() -> list[Cell]:
+    """The levers table's cells whose runs a paper table holds (scratch, SimCLR as in Table 2). The levers
+    stage depends on their folders alone (grid/dvc.yaml), not on whole paper tables."""
+    return [c for c in LEVERS.cells if home(c) != LEVERS.name]
+
+
 def selected_cells(grid_params: dict) -> list[Cell]:
     """The cells of the tables named in `grid.tables`, restricted to `grid.cells` when that lists names."""
     wanted = set(grid_params.get("cells") or [])
@@ -201,6 +207,9 @@ def selected_cells(grid_params: dict) -> list[Cell]:
     unknown = wanted - {c.name for t in TABLES.values() for c in t.cells}
     if unknown:
         raise ValueError(f"grid.cells: no table holds {sorted(unknown)}")
+    missing = [c.name for c in levers_baselines() if c not in cells]
+    if any(home(c) == LEVERS.name for c in cells) and missing:
+        raise ValueError(f"grid.cells: the levers table compares its rows with {missing}; select them too")
     return cells
 
 
