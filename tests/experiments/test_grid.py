@@ -294,7 +294,7 @@ def make_grid_repo(repo: Path, grid_overrides: dict | None = None) -> tuple[Path
 
 @pytest.fixture(scope="module")
 def grid_repo(tmp_path_factory):
-    """The micro grid (four cells, one seed) with Table 1 made."""
+    """The micro grid (six cells, one seed) with Table 1 made."""
     repo, env = make_grid_repo(tmp_path_factory.mktemp("grid") / "repo")
     out = run(["dvc", "repro", "grid/dvc.yaml:table1"], repo, env)
     return repo, env, out
@@ -337,14 +337,16 @@ def test_table2_reuses_the_pretrained_checkpoints_and_the_shared_runs(grid_repo)
     assert "Running stage 'grid/dvc.yaml:pretrain@" not in out
     assert "Running stage 'grid/dvc.yaml:finetune@simclr-frozen-skip-90-s0'" not in out
     assert len(mlflow_runs(repo, "grid_pretrain")) == 3 and checkpoint.read_bytes() == before
-    assert len(mlflow_runs(repo, "grid_finetune")) == 4
+    assert "Running stage 'grid/dvc.yaml:finetune@simclr-trained-skip-90-s0'" in out
+    assert len(mlflow_runs(repo, "grid_finetune")) == 5
     report = (repo / "reports" / "table2.md").read_text()
     assert "(paper 0.467)" in report and "| none (baseline), trained encoder, skips | 0." in report
     assert (repo / "reports" / "table2_figures" / "jaccard_vs_subset.png").stat().st_size > 5000
     resolution = (repo / "reports" / "resolution.md").read_text()
     assert "64 px (trained)" in resolution and "| none-trained-skip-90 | 0." in resolution
     scores = json.loads((repo / "grid" / "resolution.json").read_text())
-    assert set(scores) == {"simclr-frozen-skip-90", "mae_patch-frozen-skip-90", "none-trained-skip-90"}
+    assert set(scores) == {"simclr-frozen-skip-90", "mae_patch-frozen-skip-90", "none-trained-skip-90",
+                           "simclr-trained-skip-90"}
 
 
 def test_levers_pretrain_on_their_own_photos_and_compare_on_validation_and_test(grid_repo, tmp_path, monkeypatch):
