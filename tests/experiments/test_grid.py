@@ -347,6 +347,11 @@ def test_table2_reuses_the_pretrained_checkpoints_and_the_shared_runs(grid_repo)
     scores = json.loads((repo / "grid" / "resolution.json").read_text())
     assert set(scores) == {"simclr-frozen-skip-90", "mae_patch-frozen-skip-90", "none-trained-skip-90",
                            "simclr-trained-skip-90"}
+    # each species' test pets scored on their own at every size (a species the test split lacks is left out)
+    assert "## Per species: dataset-level Jaccard, cats / dogs" in resolution
+    at_64 = scores["none-trained-skip-90"]["s0"]["64px"]
+    species = {k: v for k, v in at_64.items() if k.endswith("_jaccard") and k != "paper_jaccard"}
+    assert species and set(species) <= {"cat_jaccard", "dog_jaccard"} and all(0 <= v <= 1 for v in species.values())
 
 
 def test_levers_pretrain_on_their_own_photos_and_compare_on_validation_and_test(grid_repo, tmp_path, monkeypatch):

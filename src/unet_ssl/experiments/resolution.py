@@ -11,10 +11,13 @@ import pandas as pd
 import torch
 
 from unet_ssl.core import checkpoint
+from unet_ssl.core.finetuning import NUM_CLASSES
 from unet_ssl.core.inference import evaluate_model
 from unet_ssl.core.resize import resize_image, resize_mask
 from unet_ssl.core.runtime import make_runtime
+from unet_ssl.core.stats import per_image_confusion
 from unet_ssl.data.images import decode_rgb, decode_trimap, trimap_to_classes
+from unet_ssl.data.species import SPECIES, scores_by_species
 from unet_ssl.experiments import figures, grid_plan
 from unet_ssl.experiments.grid_runs import results
 from unet_ssl.experiments.paper_tables import data_statement
@@ -28,7 +31,8 @@ from unet_ssl.paths import (
 )
 from unet_ssl.render import image, mean_sd, table
 
-COLUMNS = ["cell", "seed", "size", "jaccard", "paper_jaccard", "f1"]
+SPECIES_COLUMNS = [f"{kind}_jaccard" for kind in SPECIES]
+COLUMNS = ["cell", "seed", "size", "jaccard", "paper_jaccard", "f1", *SPECIES_COLUMNS]
 
 
 def models(params: dict) -> pd.DataFrame:
@@ -51,24 +55,30 @@ def test_pets_at(raw_dir: Path, manifest: pd.DataFrame,
 
 
 def evaluate(params: dict, frame: pd.DataFrame) -> list[dict]:
-    """One row per model and size (COLUMNS); also written to grid/resolution.json, nested cell -> seed ->
-    size -> scores as `dvc metrics show` reads it."""
+    """One row per model and size (COLUMNS, with each species' dataset-level Jaccard, NaN where the test
+    split has none of it); also written to grid/resolution.json, nested cell -> seed -> size -> scores as
+    `dvc metrics show` reads it (a species without test pets left out)."""
     sizes = params["grid"]["resolutions"]
     manifest = pd.read_csv(GRID_PETS.parent / PETS_MANIFEST)
     test_sets = test_pets_at(Path(params["data"]["raw_dir"]), manifest, sizes)
+    test_names = manifest.loc[manifest["split"] == "test", "name"].tolist()
     runtime = make_runtime(params["runtime"])
     ev = params["evaluate"]
     rows = []
     for record in frame.itertuples():
         model = runtime.model(checkpoint.load_model(Path(record.path) / GRID_FINETUNED_CHECKPOINT))
         for size, (images, masks) in test_sets.items():
-            scores, _ = evaluate_model(model, images, masks, runtime, ev["batch_size"], ev["paper_batch_size"])
+            scores, pred = evaluate_model(model, images, masks, runtime, ev["batch_size"], ev["paper_batch_size"])
+            by_species = scores_by_species(test_names, range(len(test_names)),
+                                           per_image_confusion(pred, masks, NUM_CLASSES))
             rows.append({"cell": record.cell, "seed": record.seed, "size": size, "jaccard": scores["jaccard"],
-                         "paper_jaccard": scores["paper_style"]["jaccard"], "f1": scores["f1"]})
+                         "paper_jaccard": scores["paper_style"]["jaccard"], "f1": scores["f1"],
+                         **{f"{kind}_jaccard": by_species.get(kind, {}).get("jaccard", math.nan)
+                            for kind in SPECIES}})
     nested: dict = {}
     for r in rows:
         nested.setdefault(r["cell"], {}).setdefault(f"s{r['seed']}", {})[f"{r['size']}px"] = {
-            k: r[k] for k in ("jaccard", "paper_jaccard", "f1")}
+            k: r[k] for k in ("jaccard", "paper_jaccard", "f1", *SPECIES_COLUMNS) if not math.isnan(r[k])}
     GRID_RESOLUTION_SCORES.write_text(json.dumps(nested, indent=1))
     return rows
 
@@ -85,15 +95,19 @@ def write_report(params: dict, rows: list[dict]) -> Path:
              "files at each size. Dataset-level Jaccard, mean ± std over seeds; paper-style Jaccard in the second "
              "table.", "",
              *data_statement(params), f"- Profile: `{params['profile']}`, seeds {params['grid']['seeds']}.", ""]
-    for column, title in (("jaccard", "Dataset-level Jaccard"), ("paper_jaccard", "Paper-style Jaccard")):
-        rows_of_table = []
-        for cell in cells:
-            by_size = scores[scores["cell"] == cell].groupby("size")[column]
-            mean, sd, n = by_size.mean(), by_size.std(ddof=1), by_size.count()
-            rows_of_table.append([cell, *[mean_sd(mean[s], sd.get(s, math.nan), int(n[s])) for s in sizes]])
-        header = ["cell", *[f"{s} px{' (trained)' if s == trained else ''}" for s in sizes]]
+    header = ["cell", *[f"{s} px{' (trained)' if s == trained else ''}" for s in sizes]]
+    for columns, title in ((["jaccard"], "Dataset-level Jaccard"), (["paper_jaccard"], "Paper-style Jaccard"),
+                           (SPECIES_COLUMNS, "Per species: dataset-level Jaccard, cats / dogs")):
+        rows_of_table = [[cell, *[" / ".join(size_summary(scores, cell, c, s) for c in columns) for s in sizes]]
+                         for cell in cells]
         lines += [f"## {title}", "", *table(header, rows_of_table), ""]
     figures.resolution_curve(scores, cells, trained)
     lines += [image("Jaccard vs test resolution", RESOLUTION_PLOT, RESOLUTION_REPORT), ""]
     RESOLUTION_REPORT.write_text("\n".join(lines))
     return RESOLUTION_REPORT
+
+
+def size_summary(scores: pd.DataFrame, cell: str, column: str, size: int) -> str:
+    """Mean ± sd over seeds of one cell's `column` at one size."""
+    values = scores.loc[(scores["cell"] == cell) & (scores["size"] == size), column].dropna()
+    return mean_sd(values.mean(), values.std(ddof=1) if len(values) > 1 else math.nan, len(values))
