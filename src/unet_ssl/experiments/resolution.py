@@ -108,6 +108,9 @@ def write_report(params: dict, rows: list[dict]) -> Path:
 
 
 def size_summary(scores: pd.DataFrame, cell: str, column: str, size: int) -> str:
-    """Mean ± sd over seeds of one cell's `column` at one size."""
+    """Mean ± sd over seeds of one cell's `column` at one size; '—' where every model of the cell lacks it
+    (a species the test split does not hold)."""
     values = scores.loc[(scores["cell"] == cell) & (scores["size"] == size), column].dropna()
+    if values.empty:
+        return "—"
     return mean_sd(values.mean(), values.std(ddof=1) if len(values) > 1 else math.nan, len(values))
