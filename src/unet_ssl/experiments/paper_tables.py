@@ -89,10 +89,10 @@ def stats(frame: pd.DataFrame, cell: grid_plan.Cell, column: str) -> tuple[float
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan, len(values)
 
 
-def species_score(frame: pd.DataFrame, cell: grid_plan.Cell, kind: str) -> str:
-    """A cell's dataset-level Jaccard on one species' test pets (mean ± sd over seeds); '—' where the cell ran
-    but its test split holds no pet of that species."""
-    mean, sd, n = stats(frame, cell, f"{kind}_jaccard")
+def cell_score(frame: pd.DataFrame, cell: grid_plan.Cell, column: str) -> str:
+    """A cell's `column` as mean ± sd over seeds; '—' where the cell ran but none of its runs has a value
+    (a species' Jaccard where the test split holds no pet of that species)."""
+    mean, sd, n = stats(frame, cell, column)
     return "—" if n == 0 and seed_runs(frame, cell) else mean_sd(mean, sd, n)
 
 
@@ -240,7 +240,7 @@ def table1_lines(frame: pd.DataFrame) -> list[str]:
                      *[mean_sd(*stats(frame, cell, c)) for c in ("f1", "jaccard", "paper_f1", "paper_jaccard")],
                      number(theirs[0], absent="—"), number(theirs[1], absent="—"),
                      mean_sd(*stats(frame, cell, "border_jaccard")),
-                     *[species_score(frame, cell, kind) for kind in SPECIES],
+                     *[cell_score(frame, cell, f"{kind}_jaccard") for kind in SPECIES],
                      "baseline" if cell == scratch else difference(frame, cell, scratch)])
     return ["## Scores", "",
             *table(["pretraining", "seeds", "F1 (dataset-level)", "Jaccard (dataset-level)", "F1 (paper-style)",
@@ -267,7 +267,7 @@ def table2_lines(frame: pd.DataFrame) -> list[str]:
     for column, title in (("jaccard", "Dataset-level Jaccard (primary)"), ("paper_jaccard", "Paper-style Jaccard")):
         rows = [[line.label, *[with_paper(frame, paper, cell, column) for cell in line.cells]] for line in paper.rows]
         lines += [f"## {title}", "", *table(columns, rows), ""]
-    rows = [[line.label, *[" / ".join(species_score(frame, cell, kind) for kind in SPECIES)
+    rows = [[line.label, *[" / ".join(cell_score(frame, cell, f"{kind}_jaccard") for kind in SPECIES)
                            for cell in line.cells]] for line in paper.rows]
     lines += ["## Per species: dataset-level Jaccard, cats / dogs", "",
               "The shared data is mostly cats, so the overall score is mostly a cat score; each species' test pets "
@@ -325,7 +325,7 @@ def levers_lines(frame: pd.DataFrame) -> list[str]:
                    [difference(frame, cell, scratch, split) for split in ("val", "test")])
         rows.append([line.label, stats(frame, cell, "jaccard")[2], mean_sd(*stats(frame, cell, "val_jaccard")),
                      mean_sd(*stats(frame, cell, "jaccard")),
-                     *[species_score(frame, cell, kind) for kind in SPECIES], *against,
+                     *[cell_score(frame, cell, f"{kind}_jaccard") for kind in SPECIES], *against,
                      pretraining_budget(frame, cell)])
     return ["## Scores", "",
             "Every row fine-tunes the same way (the profile's `finetune` group: same epochs, batch, learning rate, "

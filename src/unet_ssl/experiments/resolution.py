@@ -20,7 +20,7 @@ from unet_ssl.data.images import decode_rgb, decode_trimap, trimap_to_classes
 from unet_ssl.data.species import SPECIES, scores_by_species
 from unet_ssl.experiments import figures, grid_plan
 from unet_ssl.experiments.grid_runs import results
-from unet_ssl.experiments.paper_tables import data_statement
+from unet_ssl.experiments.paper_tables import cell_score, data_statement
 from unet_ssl.paths import (
     GRID_FINETUNED_CHECKPOINT,
     GRID_PETS,
@@ -29,7 +29,7 @@ from unet_ssl.paths import (
     RESOLUTION_PLOT,
     RESOLUTION_REPORT,
 )
-from unet_ssl.render import image, mean_sd, table
+from unet_ssl.render import image, table
 
 SPECIES_COLUMNS = [f"{kind}_jaccard" for kind in SPECIES]
 COLUMNS = ["cell", "seed", "size", "jaccard", "paper_jaccard", "f1", *SPECIES_COLUMNS]
@@ -98,19 +98,11 @@ def write_report(params: dict, rows: list[dict]) -> Path:
     header = ["cell", *[f"{s} px{' (trained)' if s == trained else ''}" for s in sizes]]
     for columns, title in ((["jaccard"], "Dataset-level Jaccard"), (["paper_jaccard"], "Paper-style Jaccard"),
                            (SPECIES_COLUMNS, "Per species: dataset-level Jaccard, cats / dogs")):
-        rows_of_table = [[cell, *[" / ".join(size_summary(scores, cell, c, s) for c in columns) for s in sizes]]
-                         for cell in cells]
+        rows_of_table = [[cell, *[" / ".join(cell_score(scores[scores["size"] == s], grid_plan.cell_by_name(cell), c)
+                                             for c in columns) for s in sizes]] for cell in cells]
         lines += [f"## {title}", "", *table(header, rows_of_table), ""]
     figures.resolution_curve(scores, cells, trained)
     lines += [image("Jaccard vs test resolution", RESOLUTION_PLOT, RESOLUTION_REPORT), ""]
     RESOLUTION_REPORT.write_text("\n".join(lines))
     return RESOLUTION_REPORT
 
-
-def size_summary(scores: pd.DataFrame, cell: str, column: str, size: int) -> str:
-    """Mean ± sd over seeds of one cell's `column` at one size; '—' where every model of the cell lacks it
-    (a species the test split does not hold)."""
-    values = scores.loc[(scores["cell"] == cell) & (scores["size"] == size), column].dropna()
-    if values.empty:
-        return "—"
-    return mean_sd(values.mean(), values.std(ddof=1) if len(values) > 1 else math.nan, len(values))
