@@ -96,10 +96,11 @@ def write_report(params: dict, rows: list[dict]) -> Path:
              "table.", "",
              *data_statement(params), f"- Profile: `{params['profile']}`, seeds {params['grid']['seeds']}.", ""]
     header = ["cell", *[f"{s} px{' (trained)' if s == trained else ''}" for s in sizes]]
+    at_size = {size: scores[scores["size"] == size] for size in sizes}
     for columns, title in ((["jaccard"], "Dataset-level Jaccard"), (["paper_jaccard"], "Paper-style Jaccard"),
                            (SPECIES_COLUMNS, "Per species: dataset-level Jaccard, cats / dogs")):
-        rows_of_table = [[cell, *[" / ".join(cell_score(scores[scores["size"] == s], grid_plan.cell_by_name(cell), c)
-                                             for c in columns) for s in sizes]] for cell in cells]
+        rows_of_table = [[name, *[" / ".join(cell_score(at_size[s], grid_plan.cell_by_name(name), c) for c in columns)
+                                  for s in sizes]] for name in cells]
         lines += [f"## {title}", "", *table(header, rows_of_table), ""]
     figures.resolution_curve(scores, cells, trained)
     lines += [image("Jaccard vs test resolution", RESOLUTION_PLOT, RESOLUTION_REPORT), ""]
