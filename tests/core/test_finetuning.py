@@ -91,7 +91,8 @@ def test_subsets_are_seeded_nested_and_sized_as_fractions_of_the_whole_set():
 
 def test_a_cosine_schedule_anneals_per_epoch_and_resumes_where_it_stopped(pets, pretrained, tmp_path: Path):
     """A run that crashes after its epoch-2 checkpoint resumes with the scheduler where it was: the history
-    (losses, learning rates, scores) and the weights equal those of an uninterrupted run."""
+    (losses, learning rates, scores) and the weights equal those of an uninterrupted run, and its clock
+    counts the crashed process's time."""
     split = pets["split"]
     train, val = torch.nonzero(split == 0).flatten(), torch.nonzero(split == 1).flatten()
     cfg = FinetuneConfig(epochs=4, batch_size=8, freeze_encoder=False, image_size=32, lr_schedule="cosine")
@@ -109,8 +110,12 @@ def test_a_cosine_schedule_anneals_per_epoch_and_resumes_where_it_stopped(pets, 
     resume = tmp_path / "resume.pt"
     with pytest.raises(KeyboardInterrupt):
         train_run(resume_path=resume, on_epoch=crash_in_epoch_3)
-    assert checkpoint.load(resume)["epoch"] == 2
-    resumed = train_run(resume_path=resume)
+    saved = checkpoint.load(resume)
+    assert saved["epoch"] == 2
+    clock = checkpoint.RunClock()
+    resumed = train_run(resume_path=resume, clock=clock)
+    assert clock.resumed_after_epoch == 2 and clock.earlier_seconds == saved["clock"]["seconds"] > 0
+    assert clock.spent()["seconds"] > saved["clock"]["seconds"]
     assert resumed["history"] == uninterrupted["history"]
     assert all(torch.equal(v, uninterrupted["model"][k]) for k, v in resumed["model"].items())
 

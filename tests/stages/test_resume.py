@@ -130,7 +130,8 @@ def test_sigkilled_stage_resumes_and_matches_an_uninterrupted_run(make_workspace
     reference = start(reference_ws, name)  # runs alongside, one thread each
     (kill_epoch, epochs, kill_step, steps), killed_log = kill_mid_epoch(start(ws, name))
     resume_file = ws / "checkpoints" / "resume" / f"{name}.pt"
-    saved_epoch = checkpoint.load(resume_file)["epoch"]
+    saved = checkpoint.load(resume_file)
+    saved_epoch, saved_seconds = saved["epoch"], saved["clock"]["seconds"]
     rerun = subprocess.run([sys.executable, "-m", "unet_ssl", name], cwd=ws, capture_output=True, text=True,
                            env=stage_env())
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -167,6 +168,8 @@ def test_sigkilled_stage_resumes_and_matches_an_uninterrupted_run(make_workspace
     metric = "loss" if name == "pretrain" else "train_loss"
     logged = [sorted(m.step for m in client.get_metric_history(r.info.run_id, metric)) for r in runs]
     assert logged[0][: saved_epoch] == list(range(1, saved_epoch + 1)) and logged[1] == rerun_epochs
+    seconds = client.get_run(runs[1].info.run_id).data.metrics[f"{name}_seconds"]
+    assert seconds > saved_seconds > 0  # the resumed run's time counts the killed process's epochs
     with capsys.disabled():
         print(f"\n[kill-and-resume {name}] SIGKILL during epoch {kill_epoch}/{epochs} at step {kill_step}/{steps}; "
               f"last checkpoint: epoch {saved_epoch}; re-run resumed after epoch {resumed_after} and ran epochs "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -55,6 +57,29 @@ def save_training_state(path: Path, run_key: dict, epoch: int, modules: dict[str
                  **{name: module.state_dict() for name, module in modules.items()},
                  "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                  "generator": generator.get_state(), **extra}, path)
+
+
+@dataclass
+class RunClock:
+    """Wall and CPU seconds a training run has spent, its earlier processes included. A run resumed from a
+    training state is the same run, so its time is that of every process up to the state it goes on from.
+    Start one before the run's work; the training loops save `spent()` in each state and `resume` from it."""
+    earlier_seconds: float = 0.0
+    earlier_cpu_seconds: float = 0.0
+    resumed_after_epoch: int = 0  # 0: not resumed
+    _start: float = field(default_factory=time.perf_counter, repr=False)
+    _cpu_start: float = field(default_factory=time.process_time, repr=False)
+
+    def spent(self) -> dict[str, float]:
+        return {"seconds": self.earlier_seconds + time.perf_counter() - self._start,
+                "cpu_seconds": self.earlier_cpu_seconds + time.process_time() - self._cpu_start}
+
+    def resume(self, state: dict) -> None:
+        """Counts the seconds the state's processes had spent when they saved it."""
+        saved = state.get("clock", {})
+        self.earlier_seconds = saved.get("seconds", 0.0)
+        self.earlier_cpu_seconds = saved.get("cpu_seconds", 0.0)
+        self.resumed_after_epoch = state["epoch"]
 
 
 READ_CHUNK = 1 << 20  # bytes read at a time when hashing a file

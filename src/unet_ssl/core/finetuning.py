@@ -76,8 +76,11 @@ def finetune(
     resume_key: dict | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
     pretrained_path: Path | None = None,
+    clock: checkpoint.RunClock | None = None,
 ) -> dict:
-    """Trains on `images[train_idx]`; returns a checkpoint dict of the selected weights with history."""
+    """Trains on `images[train_idx]`; returns a checkpoint dict of the selected weights with history.
+    `clock` (started by the caller) counts the time of the processes a resumed run went on from."""
+    clock = clock or checkpoint.RunClock()
     model = build_model(cfg, pretrained, pretrained_path)
     if cfg.freeze_encoder:
         freeze_encoder(model)
@@ -90,6 +93,8 @@ def finetune(
         stateful["scheduler"] = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     state = checkpoint.resume_training_state(resume_path, run_key, stateful, optimizer, generator, "fine-tuning")
     start_epoch, history, best = (state["epoch"], state["history"], state["best"]) if state else (0, [], None)
+    if state:
+        clock.resume(state)
     train_images, train_masks = images[train_idx], masks[train_idx]
     val_images, val_masks = images[val_idx], masks[val_idx]
     n = len(train_idx)
@@ -126,7 +131,7 @@ def finetune(
             on_epoch(epoch, row)
         if resume_path is not None:
             checkpoint.save_training_state(resume_path, run_key, epoch, stateful, optimizer, generator,
-                                           history=history, best=best)
+                                           history=history, best=best, clock=clock.spent())
     model = model.cpu()
     selected_epoch = cfg.epochs
     if best is not None:

@@ -106,11 +106,13 @@ def pretrain(
     resume_path: Path | None = None,
     resume_key: dict | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
+    clock: checkpoint.RunClock | None = None,
 ) -> dict:
     """Trains for `cfg.epochs` and returns a checkpoint dict (format of `checkpoint.model_checkpoint`).
 
     `images` is uint8 (N, 3, H, W) in memory (None for method 'none'). With `resume_path`, the state is saved
-    there after every epoch and a run with the same config picks up after the last complete epoch.
+    there after every epoch and a run with the same config picks up after the last complete epoch; `clock`
+    (started by the caller) then counts the time of the processes it went on from.
 
     Under torchrun (process group initialised, see `distributed.init_from_env`) the model is wrapped in
     DistributedDataParallel, `cfg.batch_size` is the global batch split evenly over the processes, and only
@@ -128,6 +130,9 @@ def pretrain(
     modules = {"model": model, "head": head}
     state = checkpoint.resume_training_state(resume_path, run_key, modules, optimizer, generator, "pretraining")
     start_epoch, history = (state["epoch"], state["history"]) if state else (0, [])
+    clock = clock or checkpoint.RunClock()
+    if state:
+        clock.resume(state)
     n = images.shape[0]
     if n < 2:
         raise ValueError(f"pretraining needs at least 2 images, got {n}")
@@ -161,7 +166,8 @@ def pretrain(
         if on_epoch and ctx.is_main:
             on_epoch(epoch, row)
         if resume_path is not None and ctx.is_main:
-            checkpoint.save_training_state(resume_path, run_key, epoch, modules, optimizer, generator, history=history)
+            checkpoint.save_training_state(resume_path, run_key, epoch, modules, optimizer, generator, history=history,
+                                           clock=clock.spent())
     parts = ["encoder", "decoder"] if cfg.method.startswith("mae_") else ["encoder"]
     return checkpoint.model_checkpoint(model.cpu(), method=cfg.method, pretrained_parts=parts, history=history,
                                        head=head.cpu().state_dict(), config=asdict(cfg))

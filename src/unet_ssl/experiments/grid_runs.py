@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -180,19 +179,20 @@ def pretrain_run(params: dict, key: str) -> None:
         images = load_tensors(photos)["images"] if cfg.method != "none" else None
         if images is not None:
             run.log_data("pretrain", photos if "variant" not in entry else variant_sources(params, entry), "training")
-        start, cpu_start = time.perf_counter(), time.process_time()
+        clock = checkpoint.RunClock()
         resume = grid_resume("pretrain", key)
         identity = checkpoint.resume_key(run_params, ["seed", "pretrain", "finetune", "runtime"],
                                          {"data": photos} if images is not None else {})
         result = pretrain(images, cfg, skips, runtime, generator, resume_path=resume, resume_key=identity,
-                          on_epoch=lambda e, row: run.log_metrics({"loss": row["loss"]}, step=e))
-        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+                          on_epoch=lambda e, row: run.log_metrics({"loss": row["loss"]}, step=e), clock=clock)
+        spent = clock.spent()
+        seconds = spent["seconds"]
         checkpoint.save_atomic(result, out / GRID_PRETRAINED_CHECKPOINT)
         resume.unlink(missing_ok=True)
         run.log_metrics({"pretrain_seconds": seconds})
         record = {"key": key, "seed": seed, "skip_connections": skips, "config": entry["pretrain"],
                   "n_images": 0 if images is None else int(images.shape[0]), "history": result["history"],
-                  "seconds": seconds, "cpu_seconds": cpu_seconds, "started": started, "finished": now(),
+                  **spent, "resumed_after_epoch": clock.resumed_after_epoch, "started": started, "finished": now(),
                   "device": str(runtime.device), "mlflow_run_id": run.run_id}
         (out / GRID_PRETRAIN_RECORD).write_text(json.dumps(record, indent=2))
         run.log_artifact(out / GRID_PRETRAIN_RECORD)
@@ -236,14 +236,14 @@ def finetune_run(params: dict, key: str) -> None:
     with stage_run("grid_finetune", run_params, tags) as run:
         run.log_metrics({"n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(test_idx)})
         run.log_data("pets", GRID_PETS, "training")
-        start, cpu_start = time.perf_counter(), time.process_time()
+        clock = checkpoint.RunClock()
         resume = grid_resume("finetune", key)
         identity = checkpoint.resume_key(run_params, ["seed", "pretrain", "finetune", "runtime"],
                                          {"data": GRID_PETS, "pretrained checkpoint": pretrained_path})
         result = finetune(pets["images"], pets["masks"], train_idx, val_idx, cfg, pretrained, runtime, generator,
                           resume_path=resume, resume_key=identity, on_epoch=lambda e, row: run.log_metrics(row, step=e),
-                          pretrained_path=pretrained_path)
-        train_seconds = time.perf_counter() - start
+                          pretrained_path=pretrained_path, clock=clock)
+        train_seconds = clock.spent()["seconds"]
         model = runtime.model(checkpoint.model_from(result))
         ev = params["evaluate"]
         scores, pred = evaluate_model(model, pets["images"][test_idx], pets["masks"][test_idx], runtime,
@@ -251,7 +251,8 @@ def finetune_run(params: dict, key: str) -> None:
         per_image = per_image_confusion(pred, pets["masks"][test_idx], len(CLASS_NAMES))
         val_pred = predict(model, pets["images"][val_idx], runtime, ev["batch_size"])  # matrices only, no scores
         val_per_image = per_image_confusion(val_pred, pets["masks"][val_idx], len(CLASS_NAMES))
-        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        spent = clock.spent()
+        seconds = spent["seconds"]
         checkpoint.save_atomic(result, out / GRID_FINETUNED_CHECKPOINT)
         resume.unlink(missing_ok=True)
         run.log_metrics(summary_metrics("test_", scores, CLASS_NAMES) | {"finetune_seconds": train_seconds,
@@ -268,7 +269,7 @@ def finetune_run(params: dict, key: str) -> None:
             "test_confusion": confusion_record(test_idx, per_image),
             "val_confusion": confusion_record(val_idx, val_per_image),  # selected weights: paired validation tests
             "selected_epoch": result["selected_epoch"], "history": result["history"],
-            "seconds": seconds, "cpu_seconds": cpu_seconds, "started": started, "finished": now(),
+            **spent, "resumed_after_epoch": clock.resumed_after_epoch, "started": started, "finished": now(),
             "device": str(runtime.device), "mlflow_run_id": run.run_id,
         }
         (out / GRID_RESULT).write_text(record_json(record))

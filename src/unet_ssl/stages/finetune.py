@@ -1,8 +1,6 @@
 """Stage `finetune`: Dice-loss fine-tuning from the pretrained checkpoint; logs the model to MLflow."""
 from __future__ import annotations
 
-import time
-
 import pandas as pd
 
 from unet_ssl.core import checkpoint
@@ -26,14 +24,14 @@ def run(params: dict) -> None:
     with stage_run("finetune", params, tags) as run:
         run.log_metrics({"n_train": len(train_idx), "n_val": len(val_idx)})
         run.log_data("pets", PETS, "training")
-        start = time.perf_counter()
+        clock = checkpoint.RunClock()
         resume = FINETUNE_RESUME
         key = checkpoint.resume_key(params, ["seed", "finetune", "runtime"],
                                     {"data": PETS, "pretrained checkpoint": PRETRAINED})
         result = finetune(pets["images"], pets["masks"], train_idx, val_idx, cfg, pretrained, runtime, generator,
                           resume_path=resume, resume_key=key, on_epoch=lambda e, row: run.log_metrics(row, step=e),
-                          pretrained_path=PRETRAINED)
-        seconds = time.perf_counter() - start
+                          pretrained_path=PRETRAINED, clock=clock)
+        seconds = clock.spent()["seconds"]  # earlier processes of a resumed run included
         checkpoint.save_atomic(result, FINETUNED)
         resume.unlink(missing_ok=True)
         METRICS.mkdir(exist_ok=True)

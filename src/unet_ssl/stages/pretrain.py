@@ -5,7 +5,6 @@ global batch; rank 0 alone tracks in MLflow and writes the checkpoint and metric
 from __future__ import annotations
 
 import contextlib
-import time
 
 import pandas as pd
 
@@ -36,13 +35,13 @@ def _run(params: dict, ctx: distributed.Context) -> None:
         images = load_tensors(PRETRAIN_IMAGES)["images"] if cfg.method != "none" else None
         if images is not None:
             run.log_data("pretrain", PRETRAIN_IMAGES, "training")
-        start = time.perf_counter()
+        clock = checkpoint.RunClock()
         resume = PRETRAIN_RESUME
         key = checkpoint.resume_key(params, ["seed", "pretrain", "finetune.skip_connections", "runtime"],
                                     {"data": PRETRAIN_IMAGES} if images is not None else {})
         result = pretrain(images, cfg, skip, runtime, generator, resume_path=resume, resume_key=key,
-                          on_epoch=lambda e, row: run.log_metrics({"loss": row["loss"]}, step=e))
-        seconds = time.perf_counter() - start
+                          on_epoch=lambda e, row: run.log_metrics({"loss": row["loss"]}, step=e), clock=clock)
+        seconds = clock.spent()["seconds"]  # earlier processes of a resumed run included
         if ctx.is_main:
             checkpoint.save_atomic(result, PRETRAINED)
             resume.unlink(missing_ok=True)
