@@ -178,6 +178,21 @@ def test_a_stale_plan_or_profile_is_refused(tmp_path, monkeypatch):
         grid_runs.check_plan(params)
 
 
+def test_results_ignore_a_record_of_another_profile_in_a_planned_folder(tmp_path, monkeypatch):
+    """After `grid use` of another profile, a record left in a folder the new plan uses too (a committed 64-px
+    grid-cpu run where the release profile plans its 128-px SimCLR run) is no result of the new grid."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(PROFILES, "profiles")
+    folder = Path("grid/runs/table2/simclr-trained-skip-90/s0")
+    folder.mkdir(parents=True)
+    shutil.copy2(REPO / folder / "result.json", folder / "result.json")
+    cpu = grid_runs.use_profile(Path("profiles/grid-cpu.yaml"), tmp_path / "cpu.yaml")
+    release = grid_runs.use_profile(Path("profiles/grid-release-cpu.yaml"), tmp_path / "release.yaml")
+    assert release["plan"]["finetune"]["simclr-trained-skip-90-s0"]["dir"] == "table2/simclr-trained-skip-90/s0"
+    assert list(grid_runs.results(cpu)["key"]) == ["simclr-trained-skip-90-s0"]
+    assert grid_runs.results(release).empty
+
+
 @pytest.mark.parametrize("profile", SINGLE_RUN_PROFILES, ids=lambda p: p.name)
 def test_single_run_profiles_have_exactly_the_settings_of_params_yaml(profile):
     assert keys(load(profile)) == keys(load(REPO / "params.yaml"))

@@ -280,14 +280,17 @@ def finetune_run(params: dict, key: str) -> None:
 
 def results(params: dict, cells: list[grid_plan.Cell] | None = None) -> pd.DataFrame:
     """One row per planned fine-tuning run that has a result (of `cells`, or all), newest plan only:
-    leftovers of earlier profiles in grid/runs/ are ignored."""
+    leftovers of earlier profiles in grid/runs/ are ignored, also where the new plan uses their folder
+    (a record of another profile or other fine-tuning settings, until the run is made again)."""
     check_plan(params)
     names = None if cells is None else {c.name for c in cells}
     rows = []
-    for key, entry in params["plan"]["finetune"].items():
+    for entry in params["plan"]["finetune"].values():
         path = run_dir(entry) / GRID_RESULT
         if (names is None or entry["cell"] in names) and path.is_file():
-            rows.append(json.loads(path.read_text()) | {"path": str(path.parent)})
+            record = json.loads(path.read_text())
+            if record["profile"] == params["profile"] and record["finetune"] == entry["finetune"]:
+                rows.append(record | {"path": str(path.parent)})
     return pd.DataFrame(rows)
 
 
