@@ -19,7 +19,7 @@ from conftest import run_checked as run
 
 from unet_ssl.core.stats import confusion_from_record, confusion_record, dataset_jaccard
 from unet_ssl.data.splits import SPLIT_CODES
-from unet_ssl.experiments import grid_plan, grid_runs
+from unet_ssl.experiments import grid_plan, grid_runs, release
 from unet_ssl.experiments.paper_tables import difference
 
 REPO = Path(__file__).resolve().parents[2]
@@ -187,10 +187,10 @@ def test_results_ignore_a_record_of_another_profile_in_a_planned_folder(tmp_path
     folder.mkdir(parents=True)
     shutil.copy2(REPO / folder / "result.json", folder / "result.json")
     cpu = grid_runs.use_profile(Path("profiles/grid-cpu.yaml"), tmp_path / "cpu.yaml")
-    release = grid_runs.use_profile(Path("profiles/grid-release-cpu.yaml"), tmp_path / "release.yaml")
-    assert release["plan"]["finetune"]["simclr-trained-skip-90-s0"]["dir"] == "table2/simclr-trained-skip-90/s0"
+    release_params = grid_runs.use_profile(Path("profiles/grid-release-cpu.yaml"), tmp_path / "release.yaml")
+    assert release_params["plan"]["finetune"]["simclr-trained-skip-90-s0"]["dir"] == "table2/simclr-trained-skip-90/s0"
     assert list(grid_runs.results(cpu)["key"]) == ["simclr-trained-skip-90-s0"]
-    assert grid_runs.results(release).empty
+    assert grid_runs.results(release_params).empty
 
 
 @pytest.mark.parametrize("profile", SINGLE_RUN_PROFILES, ids=lambda p: p.name)
@@ -383,6 +383,10 @@ def test_levers_pretrain_on_their_own_photos_and_compare_on_validation_and_test(
     photos = torch.load(grid_runs.variant_photos(params, params["plan"]["pretrain_variant"]["simclr-with_pets-s0"],
                                                  tmp_path), weights_only=True)["images"]
     assert torch.equal(photos[64:], pets["images"][pets["split"] == SPLIT_CODES["train"]])
+    candidates = {c.source: c for c in release.grid_candidates()}  # a model card says what a variant pretrained on
+    assert candidates["grid run simclr-with_pets-trained-skip-90-s0"].pretrained_on == (
+        f"{64 + n_train} photos (64 of the raw photos + the training split's pets, unlabelled; variant `with_pets`)")
+    assert candidates["grid run none-trained-skip-90-s0"].pretrained_on == ""
     tags = next(r for r in mlflow_runs(repo, "grid_pretrain") if r["grid_run"] == "simclr-with_pets-s0")
     assert tags["variant"] == "with_pets"
     result = json.loads((repo / "grid" / "runs" / "levers" / "simclr-with_pets-trained-skip-90" / "s0" / "result.json")
@@ -442,7 +446,6 @@ def test_release_publishes_the_best_grid_model_with_a_model_card(grid_repo, tmp_
 
 
 def test_the_model_card_compares_with_the_alternative_paired_by_seed_or_says_why_not(tmp_path, monkeypatch):
-    from unet_ssl.experiments import release
     from unet_ssl.paths import FINETUNED, PETS, PREDICTIONS, PREPARED
 
     monkeypatch.chdir(tmp_path)

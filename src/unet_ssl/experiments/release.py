@@ -79,6 +79,7 @@ class Candidate:
     profile: str
     prepared: Path  # folder with pets/ and pretrain/ manifests of the run's data
     mlflow_run_id: str | None
+    pretrained_on: str = ""  # the pretraining photos where they are not the prepared ones (a grid variant)
 
 
 def selected_val_jaccard(ckpt: dict) -> float:
@@ -150,9 +151,18 @@ def grid_candidates() -> list[Candidate]:
         folder = grid_pretraining(r.pretrain_run, getattr(r, "pretrain_dir", None))
         pretraining = json.loads((folder / GRID_PRETRAIN_RECORD).read_text())
         settings = {"seed": r.seed, "data": params["data"], "pretrain": pretraining["config"], "finetune": r.finetune}
+        variant = params["plan"]["pretrain_variant"].get(r.pretrain_run)
         out.append(Candidate(f"grid run {r.key}", path, selected_val_jaccard(checkpoint.load(path)), r.test, settings,
-                             params["profile"], GRID_DATA, r.mlflow_run_id))
+                             params["profile"], GRID_DATA, r.mlflow_run_id,
+                             "" if variant is None else variant_photos_text(variant, pretraining["n_images"])))
     return out
+
+
+def variant_photos_text(variant: dict, n_images: int) -> str:
+    """What a pretraining variant of the grid trained on (see grid_runs.variant_photos)."""
+    photos = "the prepared photos" if variant["photos"] is None else f"{variant['photos']:,} of the raw photos"
+    pets = " + the training split's pets, unlabelled" if variant["training_pets"] else ""
+    return f"{n_images:,} photos ({photos}{pets}; variant `{variant['variant']}`)"
 
 
 def choose(candidates: list[Candidate]) -> Candidate:
@@ -271,7 +281,8 @@ def model_card(c: Candidate, candidates: list[Candidate], path: Path, sha256: st
         f"- Profile: `{c.profile}`.",
         f"- Pretraining: `{pre['method']}`"
         + ("" if pre["method"] == "none" else
-           f", {pre.get('epochs')} epochs at {pre.get('image_size')} px, batch {pre.get('batch_size')}")
+           f"{f' on {c.pretrained_on}' if c.pretrained_on else ''}, {pre.get('epochs')} epochs at "
+           f"{pre.get('image_size')} px, batch {pre.get('batch_size')}")
         + f"; fine-tuning: {ft['epochs']} epochs at {ft['image_size']} px, batch {ft['batch_size']}, "
           f"subset {ft['subset']}, encoder {'frozen' if ft['freeze_encoder'] else 'trained'}, "
           f"skips {'on' if ft['skip_connections'] else 'off'}, augmentation `{ft['augment']}`; "
