@@ -1,6 +1,7 @@
 """The whole pipeline on the embedded sample, in a temporary copy of the repository: `dvc repro`,
 then `dvc exp run --temp -S finetune.subset=...`, with a real DVC repo and a real MLflow store."""
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -25,6 +26,12 @@ def test_repro_writes_metrics_report_and_mlflow_runs(pipeline_repo):
     assert 0 <= scores["jaccard"] <= 1 and 0 <= scores["f1"] <= 1 and scores["n_images"] > 0
     assert set(scores["per_class"]["jaccard"]) == {"pet", "background", "border"}
     assert (repo / "reports" / "pipeline.md").is_file() and (repo / "reports" / "figures" / "predictions.png").is_file()
+    # the report states its data as every report does, and scores cats and dogs apart
+    report = (repo / "reports" / "pipeline.md").read_text()
+    assert re.search(r"- Data: [\d,]+ labelled pets of \d+ breeds \([\d,]+ cats?, [\d,]+ dogs?\)", report)
+    assert re.search(r"- Pretraining photos: [\d,]+ at \d+ px", report)
+    for kind, species in json.loads((repo / "metrics" / "evaluate.json").read_text())["test_by_species"].items():
+        assert f"| {kind} | {species['n_images']} |" in report
     stages = {r[0] for r in mlflow_rows(repo, "select value from tags where key = 'stage'")}
     assert {"prepare_pets", "validate", "pretrain", "finetune", "evaluate", "report"} <= stages
     # every stage run is nested under one pipeline run, which carries the test scores

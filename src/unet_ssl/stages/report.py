@@ -12,6 +12,8 @@ import pandas as pd  # noqa: E402
 
 from unet_ssl.config import CLASS_NAMES  # noqa: E402
 from unet_ssl.data.prepared import load_tensors  # noqa: E402
+from unet_ssl.data.species import SPECIES, describe_pets  # noqa: E402
+from unet_ssl.data.splits import SPLIT_CODES  # noqa: E402
 from unet_ssl.experiments.figures import colourise  # noqa: E402
 from unet_ssl.paths import (  # noqa: E402
     FINETUNE_HISTORY,
@@ -22,6 +24,8 @@ from unet_ssl.paths import (  # noqa: E402
     PIPELINE_REPORT,
     PREDICTIONS,
     PRETRAIN_HISTORY,
+    PRETRAIN_IMAGES,
+    PRETRAIN_MANIFEST,
     TEST_SCORES,
 )
 from unet_ssl.render import image, number, table  # noqa: E402
@@ -62,9 +66,36 @@ def prediction_grid(n: int) -> None:
     plt.close(fig)
 
 
+def data_statement(params: dict) -> list[str]:
+    """What this pipeline's runs saw, as every report states it: the labelled pets with their cats and dogs,
+    the split, and the pretraining photos (which the CPU profiles shrink)."""
+    pets = load_tensors(PETS)
+    names, split = pets["names"], pets["split"]
+    counts = {name: int((split == code).sum()) for name, code in SPLIT_CODES.items()}
+    test = [n for n, s in zip(names, split.tolist()) if s == SPLIT_CODES["test"]]
+    photos = len(pd.read_csv(PRETRAIN_IMAGES.parent / PRETRAIN_MANIFEST))
+    d = params["data"]
+    return [
+        f"- Data: {describe_pets(names)} from `{d['raw_dir']}`, split {counts['train']} train / "
+        f"{counts['val']} validation / {counts['test']} test (split `{d['split']}`, seed {d['split_seed']}); "
+        f"test split: {describe_pets(test)}.",
+        f"- Pretraining photos: {photos:,} at {d['pretrain_image_size']} px"
+        f"{' (prepared, not used: pretraining method none)' if params['pretrain']['method'] == 'none' else ''}"
+        "; the paper used 350,000 iNaturalist photos.",
+    ]
+
+
+def species_table(species_scores: dict) -> list[str]:
+    """Cats and dogs scored apart (each species' confusion matrices summed): the shared data is mostly cats."""
+    rows = [[kind, str(s["n_images"]), number(s["f1"]), number(s["jaccard"])]
+            for kind in SPECIES if (s := species_scores.get(kind))]
+    return table(["species", "test images", "F1", "Jaccard"], rows)
+
+
 def run(params: dict) -> None:
     PIPELINE_FIGURES.mkdir(parents=True, exist_ok=True)
-    scores = json.loads(TEST_SCORES.read_text())["test"]
+    metrics = json.loads(TEST_SCORES.read_text())
+    scores = metrics["test"]
     pre, ft = params["pretrain"], params["finetune"]
     with stage_run("report", params) as run:
         run.log_data("pets", PETS, "report")
@@ -82,9 +113,11 @@ def run(params: dict) -> None:
             f"Pretraining: `{pre['method']}`, {pre['epochs']} epochs at {pre['image_size']}px. "
             f"Fine-tuning: subset {ft['subset']}, encoder {'frozen' if ft['freeze_encoder'] else 'trained'}, "
             f"skips {'on' if ft['skip_connections'] else 'off'}, {ft['epochs']} epochs at {ft['image_size']}px.", "",
+            *data_statement(params), "",
             f"## Test scores ({scores['n_images']} images)", "",
             *table(["view", "F1", "Jaccard"], views), "",
             *table(["class", "F1", "Jaccard"], classes), "",
+            *species_table(metrics.get("test_by_species", {})), "",
             "## Learning curves", "", image("learning curves", PIPELINE_CURVES, PIPELINE_REPORT), "",
             "## Example test predictions", "", image("predictions", PIPELINE_EXAMPLES, PIPELINE_REPORT), "",
             "## Parameters", "", *table(["parameter", "value"], list(flatten(params).items())), "",
