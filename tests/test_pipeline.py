@@ -5,6 +5,7 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,19 @@ def test_evaluate_scores_any_folder_of_images_and_trimaps(pipeline_repo, tmp_pat
                              "--images", str(images), "--trimaps", str(trimaps), "--out", str(out)],
                             cwd=repo, env=env, capture_output=True, text=True)
     assert failed.returncode == 1 and "no trimap for 1 image" in failed.stderr
+
+
+def test_compare_checkpoints_scores_a_model_as_evaluate_does_and_finds_no_difference_with_itself(pipeline_repo):
+    """scripts/compare_checkpoints.py: the fine-tuned model's test Jaccard is evaluate's, and a model paired
+    with itself differs by exactly zero on every split and species."""
+    repo, env, _ = pipeline_repo
+    out = repo.parent / "comparison.json"
+    model = "checkpoints/finetuned.pt"
+    table = run([sys.executable, str(repo / "scripts" / "compare_checkpoints.py"), model, model, "--out", str(out)],
+                repo, env)
+    assert "| test | all |" in table and "| val | all |" in table
+    record = json.loads(out.read_text())
+    evaluated = json.loads((repo / "metrics" / "evaluate.json").read_text())["test"]["jaccard"]
+    assert record["test/all"]["a"] == pytest.approx(evaluated, abs=1e-6)
+    comparisons = [v for k, v in record.items() if "/" in k]
+    assert comparisons and all(c["difference"] == c["low"] == c["high"] == 0 for c in comparisons)
