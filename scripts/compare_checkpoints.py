@@ -26,13 +26,16 @@ from unet_ssl.paths import PETS
 RUNTIME = {"device": "auto", "precision": "fp32", "channels_last": False}
 
 
-def confusions(path: Path, pets: dict, split: str) -> np.ndarray:
-    """(N, C, C) per-image confusion matrices of the checkpoint on one split."""
+def confusions(path: Path, pets: dict, splits: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """(N, C, C) per-image confusion matrices of the checkpoint on each split, loading it once."""
     runtime = make_runtime(RUNTIME)
     model = runtime.model(checkpoint.load_model(path))
-    index = split_indices(pets["split"], split)
-    pred = predict(model, pets["images"][index], runtime, 32)
-    return per_image_confusion(pred, pets["masks"][index], len(CLASS_NAMES)).numpy()
+    found = {}
+    for split in splits:
+        index = split_indices(pets["split"], split)
+        pred = predict(model, pets["images"][index], runtime, 32)
+        found[split] = per_image_confusion(pred, pets["masks"][index], len(CLASS_NAMES)).numpy()
+    return found
 
 
 def compare(a: np.ndarray, b: np.ndarray) -> dict:
@@ -52,8 +55,10 @@ def main() -> None:
     args = parser.parse_args()
     pets = load_tensors(args.pets)
     rows, record = [], {"a": str(args.a), "b": str(args.b), "names": args.names}
-    for split in ("val", "test"):
-        a, b = confusions(args.a, pets, split), confusions(args.b, pets, split)
+    splits = ("val", "test")
+    by_split_a, by_split_b = confusions(args.a, pets, splits), confusions(args.b, pets, splits)
+    for split in splits:
+        a, b = by_split_a[split], by_split_b[split]
         kinds = np.array([species(pets["names"][int(i)]) for i in split_indices(pets["split"], split)])
         groups = {"all": np.ones(len(kinds), bool), **{kind: kinds == kind for kind in SPECIES}}
         for group, rows_of in groups.items():

@@ -12,9 +12,9 @@ import pandas as pd  # noqa: E402
 
 from unet_ssl.config import CLASS_NAMES  # noqa: E402
 from unet_ssl.data.prepared import load_tensors  # noqa: E402
-from unet_ssl.data.species import SPECIES, describe_pets  # noqa: E402
-from unet_ssl.data.splits import SPLIT_CODES  # noqa: E402
+from unet_ssl.data.species import SPECIES  # noqa: E402
 from unet_ssl.experiments.figures import colourise  # noqa: E402
+from unet_ssl.experiments.paper_tables import data_statement  # noqa: E402
 from unet_ssl.paths import (  # noqa: E402
     FINETUNE_HISTORY,
     PETS,
@@ -23,9 +23,8 @@ from unet_ssl.paths import (  # noqa: E402
     PIPELINE_FIGURES,
     PIPELINE_REPORT,
     PREDICTIONS,
+    PREPARED,
     PRETRAIN_HISTORY,
-    PRETRAIN_IMAGES,
-    PRETRAIN_MANIFEST,
     TEST_SCORES,
 )
 from unet_ssl.render import image, number, table  # noqa: E402
@@ -66,25 +65,6 @@ def prediction_grid(n: int) -> None:
     plt.close(fig)
 
 
-def data_statement(params: dict) -> list[str]:
-    """What this pipeline's runs saw, as every report states it: the labelled pets with their cats and dogs,
-    the split, and the pretraining photos (which the CPU profiles shrink)."""
-    pets = load_tensors(PETS)
-    names, split = pets["names"], pets["split"]
-    counts = {name: int((split == code).sum()) for name, code in SPLIT_CODES.items()}
-    test = [n for n, s in zip(names, split.tolist()) if s == SPLIT_CODES["test"]]
-    photos = len(pd.read_csv(PRETRAIN_IMAGES.parent / PRETRAIN_MANIFEST))
-    d = params["data"]
-    return [
-        f"- Data: {describe_pets(names)} from `{d['raw_dir']}`, split {counts['train']} train / "
-        f"{counts['val']} validation / {counts['test']} test (split `{d['split']}`, seed {d['split_seed']}); "
-        f"test split: {describe_pets(test)}.",
-        f"- Pretraining photos: {photos:,} at {d['pretrain_image_size']} px"
-        f"{' (prepared, not used: pretraining method none)' if params['pretrain']['method'] == 'none' else ''}"
-        "; the paper used 350,000 iNaturalist photos.",
-    ]
-
-
 def species_table(species_scores: dict) -> list[str]:
     """Cats and dogs scored apart (each species' confusion matrices summed): the shared data is mostly cats."""
     rows = [[kind, str(s["n_images"]), number(s["f1"]), number(s["jaccard"])]
@@ -113,7 +93,7 @@ def run(params: dict) -> None:
             f"Pretraining: `{pre['method']}`, {pre['epochs']} epochs at {pre['image_size']}px. "
             f"Fine-tuning: subset {ft['subset']}, encoder {'frozen' if ft['freeze_encoder'] else 'trained'}, "
             f"skips {'on' if ft['skip_connections'] else 'off'}, {ft['epochs']} epochs at {ft['image_size']}px.", "",
-            *data_statement(params), "",
+            *data_statement(params, PREPARED), "",
             f"## Test scores ({scores['n_images']} images)", "",
             *table(["view", "F1", "Jaccard"], views), "",
             *table(["class", "F1", "Jaccard"], classes), "",
