@@ -32,7 +32,7 @@ def test_repro_writes_metrics_report_and_mlflow_runs(pipeline_repo):
     # the report states its data as every report does, and scores cats and dogs apart
     report = (repo / "reports" / "pipeline.md").read_text()
     assert re.search(r"- Data: [\d,]+ labelled pets of \d+ breeds \([\d,]+ cats?, [\d,]+ dogs?\)", report)
-    assert re.search(r"- Pretraining photos: [\d,]+ at \d+ px", report)
+    assert re.search(r"- Pretraining photos: [\d,]+ of \d+ classes at \d+ px", report)
     for kind, species in json.loads((repo / "metrics" / "evaluate.json").read_text())["test_by_species"].items():
         assert f"| {kind} | {species['n_images']} |" in report
     stages = {r[0] for r in mlflow_rows(repo, "select value from tags where key = 'stage'")}
