@@ -112,22 +112,28 @@ def set_dotted(params: dict, overrides: dict) -> dict:
     return params
 
 
+def build_workspace(ws: Path, overrides: dict | None = None, pets: list[str] | None = None,
+                    pretrain: bool = True) -> Path:
+    """A folder `ws` laid out like the repository: params.yaml with `overrides`, dvc.yaml, data/raw with real
+    sample pets (all, or the pairs `pets`) and, with `pretrain`, the sample's pretraining photos."""
+    ws.mkdir(parents=True)
+    shutil.copy2(REPO / "dvc.yaml", ws / "dvc.yaml")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    (ws / "params.yaml").write_text(yaml.safe_dump(set_dotted(params, overrides or {}), sort_keys=False))
+    copy_pets(ws / "data" / "raw", pets)
+    if pretrain:
+        copy_pretrain(ws / "data" / "raw")
+    return ws
+
+
 @pytest.fixture
 def make_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
-    """Factory: a folder laid out like the repository (params.yaml with `overrides`, dvc.yaml,
-    data/raw with real sample pets and pretraining photos) that becomes the working directory,
-    since the stages use repository-relative paths."""
+    """Factory: a workspace (`build_workspace`) in the test's temporary folder that becomes the working
+    directory, since the stages use repository-relative paths."""
 
     def make(overrides: dict | None = None, pets: list[str] | None = None, pretrain: bool = True,
              name: str = "ws") -> Path:
-        ws = tmp_path / name
-        ws.mkdir()
-        shutil.copy2(REPO / "dvc.yaml", ws / "dvc.yaml")
-        params = yaml.safe_load((REPO / "params.yaml").read_text())
-        (ws / "params.yaml").write_text(yaml.safe_dump(set_dotted(params, overrides or {}), sort_keys=False))
-        copy_pets(ws / "data" / "raw", pets)
-        if pretrain:
-            copy_pretrain(ws / "data" / "raw")
+        ws = build_workspace(tmp_path / name, overrides, pets, pretrain)
         monkeypatch.chdir(ws)
         return ws
 

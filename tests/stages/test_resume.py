@@ -21,7 +21,7 @@ import mlflow
 import pytest
 import torch
 import yaml
-from conftest import SMALL_PETS, run_cli
+from conftest import SMALL_PETS, build_workspace, run_cli
 
 from unet_ssl.core import checkpoint
 from unet_ssl.core.inference import evaluate_model
@@ -256,18 +256,28 @@ def fewer_pets(ws: Path) -> str:
 CHANGES = {"seed": reseed, "pretrained checkpoint": new_pretrained_checkpoint, "data": fewer_pets}
 
 
+@pytest.fixture(scope="module")
+def killed_finetune(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fine-tuning workspace whose stage was SIGKILLed mid-epoch, its resume state on disk; each resume-mismatch
+    case changes a copy of it (one kill for all of them)."""
+    spec = STAGES["finetune"]
+    ws = build_workspace(tmp_path_factory.mktemp("killed") / "ws", spec.overrides, spec.pets, pretrain=False)
+    spec.setup(ws)
+    kill_mid_epoch(start(ws, "finetune"))
+    return ws
+
+
 @pytest.mark.parametrize("change", list(CHANGES))
-def test_a_resume_state_of_another_run_is_reported_and_never_used(make_workspace, change):
+def test_a_resume_state_of_another_run_is_reported_and_never_used(killed_finetune, tmp_path, change):
     """SIGKILL mid-run, change one thing that determines the result, re-run: the stage names what differed,
     deletes the stale state and starts at epoch 1, ending exactly as a clean run with the new settings."""
     spec = STAGES["finetune"]
-    ws = make_workspace(spec.overrides, pets=spec.pets, pretrain=False, name="killed")
-    spec.setup(ws)
-    kill_mid_epoch(start(ws, "finetune"))
+    ws = tmp_path / "killed"
+    shutil.copytree(killed_finetune, ws, ignore=shutil.ignore_patterns("mlruns"))  # its runs log to the original's
     resume_file = ws / "checkpoints" / "resume" / "finetune.pt"
     assert resume_file.is_file()
     expected = CHANGES[change](ws)
-    clean = ws.parent / "clean"
+    clean = tmp_path / "clean"
     shutil.copytree(ws, clean, ignore=shutil.ignore_patterns("resume", "mlruns"))
     rerun = subprocess.run([sys.executable, "-m", "unet_ssl", "finetune"], cwd=ws, capture_output=True, text=True,
                            env=stage_env())
