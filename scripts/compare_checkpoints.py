@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from unet_ssl.config import CLASS_NAMES
 from unet_ssl.core import checkpoint
@@ -26,13 +27,12 @@ from unet_ssl.paths import PETS
 RUNTIME = {"device": "auto", "precision": "fp32", "channels_last": False}
 
 
-def confusions(path: Path, pets: dict, splits: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """(N, C, C) per-image confusion matrices of the checkpoint on each split, loading it once."""
+def confusions(path: Path, pets: dict, indices: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """(N, C, C) per-image confusion matrices of the checkpoint on each split's pets, loading it once."""
     runtime = make_runtime(RUNTIME)
     model = runtime.model(checkpoint.load_model(path))
     found = {}
-    for split in splits:
-        index = split_indices(pets["split"], split)
+    for split, index in indices.items():
         pred = predict(model, pets["images"][index], runtime, 32)
         found[split] = per_image_confusion(pred, pets["masks"][index], len(CLASS_NAMES)).numpy()
     return found
@@ -55,11 +55,11 @@ def main() -> None:
     args = parser.parse_args()
     pets = load_tensors(args.pets)
     rows, record = [], {"a": str(args.a), "b": str(args.b), "names": args.names}
-    splits = ("val", "test")
-    by_split_a, by_split_b = confusions(args.a, pets, splits), confusions(args.b, pets, splits)
-    for split in splits:
+    indices = {split: split_indices(pets["split"], split) for split in ("val", "test")}
+    by_split_a, by_split_b = confusions(args.a, pets, indices), confusions(args.b, pets, indices)
+    for split, index in indices.items():
         a, b = by_split_a[split], by_split_b[split]
-        kinds = np.array([species(pets["names"][int(i)]) for i in split_indices(pets["split"], split)])
+        kinds = np.array([species(pets["names"][int(i)]) for i in index])
         groups = {"all": np.ones(len(kinds), bool), **{kind: kinds == kind for kind in SPECIES}}
         for group, rows_of in groups.items():
             if rows_of.any():

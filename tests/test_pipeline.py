@@ -47,14 +47,14 @@ def test_repro_writes_metrics_report_and_mlflow_runs(pipeline_repo):
         repo, f"select value from latest_metrics where key = 'test_jaccard' and run_uuid = '{parents[0][0]}'")
     assert metric and metric[0][0] == pytest.approx(scores["jaccard"])
     # the fine-tuned model is logged with MLflow's PyTorch flavour, per-epoch metrics are there
-    epochs = yaml.safe_load((repo / "params.yaml").read_text())["finetune"]["epochs"]
-    assert mlflow_rows(repo, "select count(*) from metrics where key = 'val_jaccard'")[0][0] >= epochs
+    finetune = yaml.safe_load((repo / "params.yaml").read_text())["finetune"]
+    assert mlflow_rows(repo, "select count(*) from metrics where key = 'val_jaccard'")[0][0] >= finetune["epochs"]
     # ... with its requirements named (mlflow, numpy, torch, cloudpickle; nothing the process merely imported),
     # and it loads back as a model that segments a batch of any size
     model_dir = next((repo / "mlruns").rglob("MLmodel")).parent
     requirements = (model_dir / "requirements.txt").read_text().split()
     assert {line.split("==")[0] for line in requirements} == {"mlflow", "numpy", "torch", "cloudpickle"}
-    size = yaml.safe_load((repo / "params.yaml").read_text())["finetune"]["image_size"]
+    size = finetune["image_size"]
     logits = mlflow.pytorch.load_model(str(model_dir))(torch.zeros(3, 3, size, size))
     assert tuple(logits.shape) == (3, 3, size, size)
 
