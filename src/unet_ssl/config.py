@@ -16,8 +16,14 @@ from pathlib import Path
 import yaml
 
 CLASS_NAMES = ["pet", "background", "border"]
-METHODS = ("simclr", "mae_patch", "mae_pixel", "mae_none", "none")
+METHODS = ("simclr", "dense", "mae_patch", "mae_pixel", "mae_none", "none")
 FULL_TRAINING_FRACTION = 0.9  # finetune.subset is a fraction of the whole labelled set; 0.9 = all of train
+
+
+def pretrains_decoder(method: str) -> bool:
+    """Masked autoencoders and dense contrastive pretraining train the whole U-Net; SimCLR the encoder alone."""
+    return method.startswith("mae_") or method == "dense"
+
 
 # The settings of the training stages live here, beside their checks, so that reading params.yaml needs no torch.
 
@@ -132,7 +138,7 @@ GROUPS: dict[str, dict[str, Key]] = {
 }
 # Value checks of the dataclass groups, beyond the type their annotations give.
 CHECKS: dict[str, Key] = {
-    "pretrain.method": Key("str", ("simclr", "mae_patch", "mae_pixel", "mae_none", "none")),
+    "pretrain.method": Key("str", METHODS),
     "pretrain.projection": Key("str", ("bottleneck", "multi_level")),
     "pretrain.epochs": COUNT, "pretrain.batch_size": POSITIVE_INT, "pretrain.lr": POSITIVE,
     "pretrain.temperature": POSITIVE, "pretrain.image_size": POSITIVE_INT, "pretrain.mask_patch": POSITIVE_INT,

@@ -92,3 +92,28 @@ def test_masks_are_seeded():
     b = augment.make_mask("patch", 4, 64, 64, torch.Generator().manual_seed(3))
     c = augment.make_mask("patch", 4, 64, 64, torch.Generator().manual_seed(4))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_dense_views_name_the_same_spot_of_the_photo_in_both_views():
+    """Without colour jitter, the two views agree at the places they are given (up to bilinear resampling of a
+    smooth photo) and disagree when the places are mismatched."""
+    smooth = torch.nn.functional.interpolate(torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(0)),
+                                             size=64, mode="bicubic", align_corners=False).clamp(0, 1)
+    views, coords = augment.dense_views(smooth, 32, torch.Generator().manual_seed(1), 16, jitter={"p": 0.0})
+    assert views.shape == (32, 3, 32, 32) and coords.shape == (32, 16, 2) and coords.abs().max() <= 1
+
+    def at(rows: slice, places: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.grid_sample(views[rows], places[:, :, None], align_corners=False)
+
+    same = (at(slice(0, 16), coords[:16]) - at(slice(16, 32), coords[16:])).abs().mean()
+    mismatched = (at(slice(0, 16), coords[:16]) - at(slice(16, 32), coords[16:].roll(1, 1))).abs().mean()
+    assert same < 0.03 and mismatched > 5 * same
+
+
+def test_dense_views_are_seeded_and_drawn_per_image():
+    x = images(n=32)
+    a = augment.dense_views(x, 16, torch.Generator().manual_seed(2), 4)
+    b = augment.dense_views(x, 16, torch.Generator().manual_seed(2), 4)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    _, coords = a
+    assert len({round(float(c), 4) for c in coords[:, 0, 0]}) == 64

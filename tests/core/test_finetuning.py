@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from unet_ssl.core import checkpoint
-from unet_ssl.core.finetuning import FinetuneConfig, finetune
-from unet_ssl.core.pretraining import PretrainConfig, pretrain
+from unet_ssl.core.finetuning import FinetuneConfig, build_model, finetune
+from unet_ssl.core.pretraining import PretrainConfig, pretrain, pretraining_networks
 from unet_ssl.core.runtime import make_runtime, seed_everything
 from unet_ssl.data.preparation import prepare_pets
 from unet_ssl.data.splits import subset_indices
@@ -188,3 +188,16 @@ def test_a_few_epochs_beat_predicting_all_background_on_held_out_pets(pets):
     print(f"\n[learns] {len(train)} training pets, {cfg.epochs} epochs at 32 px: held-out Jaccard {learned:.3f} vs "
           f"all-background {background:.3f} on {len(held_out)} pets")
     assert learned > background + 0.1
+
+
+def test_dense_pretraining_trains_encoder_and_decoder_and_fine_tuning_starts_from_both(pets):
+    cfg = PretrainConfig(method="dense", epochs=1, batch_size=8, image_size=32)
+    dense = pretrain(pets["images"], cfg, True, CPU, seed_everything(0))
+    seed_everything(0)  # the weights pretraining started from
+    initial, _ = pretraining_networks(cfg, True, CPU)
+    assert dense["pretrained_parts"] == ["encoder", "decoder"] and "pixel_mlp.0.weight" in dense["head"]
+    model = build_model(FinetuneConfig(image_size=32), dense).state_dict()
+    for part in ("encoder.", "decoder."):
+        names = [k for k in model if k.startswith(part) and k.endswith("weight")]
+        assert all(torch.equal(model[k], dense["model"][k]) for k in names)
+        assert not all(torch.equal(initial.state_dict()[k], dense["model"][k]) for k in names)

@@ -35,7 +35,7 @@ def pets(tmp_path_factory) -> dict:
     return torch.load(out / "pets.pt", weights_only=True)
 
 
-@pytest.mark.parametrize("method", ["simclr", "mae_patch"])
+@pytest.mark.parametrize("method", ["simclr", "mae_patch", "dense"])
 def test_a_pretraining_step_is_pretrain_inputs_then_pretrain_loss(pets, method):
     images = pets["images"][:BATCH]
     cfg = PretrainConfig(method=method, epochs=1, batch_size=BATCH, image_size=32, mask_patch=8)

@@ -17,6 +17,7 @@ import yaml
 from conftest import SMALL_PETS, copy_pets, copy_repo
 from conftest import run_checked as run
 
+from unet_ssl.config import pretrains_decoder
 from unet_ssl.core.stats import confusion_from_record, confusion_record, dataset_jaccard
 from unet_ssl.data.splits import SPLIT_CODES
 from unet_ssl.experiments import grid_plan, grid_runs, release
@@ -76,13 +77,14 @@ def test_nothing_is_pretrained_twice():
     plan = grid_plan.plan(params)
     seeds = params["grid"]["seeds"]
     # SimCLR trains the encoder only: its skip and no-skip cells share one checkpoint per seed.
-    wanted = {(c.method, c.projection, c.skip_connections if c.method.startswith("mae_") else True)
+    wanted = {(c.method, c.projection, c.skip_connections if pretrains_decoder(c.method) else True)
               for t in grid_plan.TABLES.values() for c in t.cells}
-    assert len(plan["pretrain"]) == len(wanted) * len(seeds) == 6 * 3
+    assert len(plan["pretrain"]) == len(wanted) * len(seeds) == 7 * 3
     users = Counter(e["pretrain"] for e in plan["finetune"].values())
     # Table 2's 12 cells per method, plus Table 1's cell with recomputed batch-norm statistics; the levers
-    # table reuses Table 2's SimCLR and scratch cells and adds a trained-encoder MAE cell
+    # table reuses Table 2's SimCLR and scratch cells and adds a trained-encoder MAE cell and the dense one
     assert users["simclr-s0"] == 13 and users["mae_patch-s0"] == 3 and users["none-s0"] == 13
+    assert users["dense-s0"] == 1 and plan["pretrain"]["dense-s0"]["skip_connections"]
     # the variants' pretraining runs are planned apart, one per variant, method and seed
     assert sorted(plan["pretrain_variant"]) == sorted(
         f"{v}-s{s}" for v in ("simclr-all_photos", "simclr-with_pets", "simclr-tuned", "mae_patch-with_pets")
@@ -97,7 +99,7 @@ def test_nothing_is_pretrained_twice():
         pre = runs[entry["pretrain"]]
         assert pre["seed"] == entry["seed"]
         assert pre["pretrain"]["method"] == grid_plan.cell_by_name(entry["cell"]).method
-    assert len(plan["finetune"]) == (12 + 24 - 3 + 5) * 3
+    assert len(plan["finetune"]) == (12 + 24 - 3 + 6) * 3
 
 
 def test_levers_fine_tune_alike_and_keep_the_paper_tables_folders():

@@ -21,16 +21,15 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator, device
     return torch.rand(n, generator=generator, device=device) * (high - low) + low
 
 
-def random_resized_crop(
-    images: torch.Tensor,
-    size: int,
+def crop_boxes(
+    n: int,
     generator: torch.Generator,
+    device=None,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> torch.Tensor:
-    """Crops a random area fraction in `scale` with aspect ratio in `ratio` from each image and
-    resizes it to `size` (bilinear), like torchvision's RandomResizedCrop but per sample."""
-    n, device = images.shape[0], images.device
+    """(N, 2, 3) affine maps of random crops, a random area fraction in `scale` with aspect ratio in `ratio`
+    each: a crop's pixel at normalised position (x, y) in [-1, 1] comes from (w x + cx, h y + cy) of the image."""
     area = _uniform(n, *scale, generator, device)
     log_ratio = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), generator, device)
     aspect = log_ratio.exp()
@@ -42,8 +41,24 @@ def random_resized_crop(
     theta = torch.zeros(n, 2, 3, device=device)
     theta[:, 0, 0], theta[:, 0, 2] = w, cx
     theta[:, 1, 1], theta[:, 1, 2] = h, cy
-    grid = F.affine_grid(theta, [n, images.shape[1], size, size], align_corners=False)
+    return theta
+
+
+def crop(images: torch.Tensor, theta: torch.Tensor, size: int) -> torch.Tensor:
+    """The crops `theta` (from `crop_boxes`) of each image, resized to `size` (bilinear)."""
+    grid = F.affine_grid(theta, [images.shape[0], images.shape[1], size, size], align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_resized_crop(
+    images: torch.Tensor,
+    size: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """Like torchvision's RandomResizedCrop, but per sample."""
+    return crop(images, crop_boxes(images.shape[0], generator, images.device, scale, ratio), size)
 
 
 def random_horizontal_flip(images: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
@@ -110,6 +125,45 @@ def simclr_view(images: torch.Tensor, size: int, generator: torch.Generator,
     x = random_resized_crop(to_float(images), size, generator)
     x = random_horizontal_flip(x, generator)
     return color_jitter(x, generator, **(jitter or {}))
+
+
+def dense_views(images: torch.Tensor, size: int, generator: torch.Generator, points: int,
+                jitter: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two SimCLR views of every image of a batch that share part of it, and `points` places in that shared part
+    as each view sees them: views (2N, 3, size, size) stacked as in `simclr_views`, and (2N, points, 2) (x, y) in
+    the views' normalised coordinates (`grid_sample`'s, align_corners=False): row i + N is the same spot as row i.
+
+    Where the two crops of an image do not meet, the second view takes the first one's crop (its own flip and
+    colours), so every image gives `points` pairs (a fixed count, as gathering over processes needs)."""
+    n, device = images.shape[0], images.device
+    theta_a = crop_boxes(n, generator, device)
+    theta_b = crop_boxes(n, generator, device)
+    low = torch.maximum(_crop_low(theta_a), _crop_low(theta_b))  # (N, 2): the shared box in image coordinates
+    high = torch.minimum(_crop_high(theta_a), _crop_high(theta_b))
+    apart = (low >= high).any(1)
+    theta_b = torch.where(apart[:, None, None], theta_a, theta_b)
+    low = torch.where(apart[:, None], _crop_low(theta_a), low)
+    high = torch.where(apart[:, None], _crop_high(theta_a), high)
+    spots = low[:, None] + torch.rand(n, points, 2, generator=generator, device=device) * (high - low)[:, None]
+    x = to_float(images)
+    views, coords = [], []
+    for theta in (theta_a, theta_b):
+        flip = torch.rand(n, generator=generator, device=device) < 0.5
+        view = crop(x, theta, size)
+        view = torch.where(flip[:, None, None, None], view.flip(-1), view)
+        views.append(color_jitter(view, generator, **(jitter or {})))
+        seen = (spots - theta[:, None, :, 2]) / torch.stack([theta[:, 0, 0], theta[:, 1, 1]], 1)[:, None]
+        coords.append(torch.where(flip[:, None, None], seen * torch.tensor([-1.0, 1.0], device=device), seen))
+    return torch.cat(views), torch.cat(coords)
+
+
+def _crop_low(theta: torch.Tensor) -> torch.Tensor:
+    """A crop's top-left corner (x, y) in the image's normalised coordinates."""
+    return theta[:, :, 2] - torch.stack([theta[:, 0, 0], theta[:, 1, 1]], 1)
+
+
+def _crop_high(theta: torch.Tensor) -> torch.Tensor:
+    return theta[:, :, 2] + torch.stack([theta[:, 0, 0], theta[:, 1, 1]], 1)
 
 
 def patch_mask(n: int, height: int, width: int, generator: torch.Generator, patch: int = 20,

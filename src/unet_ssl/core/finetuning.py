@@ -25,7 +25,7 @@ NUM_CLASSES = 3
 
 def build_model(cfg: FinetuneConfig, pretrained: dict | None, source: Path | None = None) -> UNet:
     """A segmentation U-Net initialised from a pretraining checkpoint: the encoder always, the
-    decoder too when it was pretrained (masked autoencoders); the 1x1 head is always fresh."""
+    decoder too when it was pretrained (masked autoencoders, dense contrast); the 1x1 head is always fresh."""
     arch = UNetConfig(out_channels=NUM_CLASSES, skip_connections=cfg.skip_connections)
     model = UNet(arch)
     if pretrained is None or not pretrained.get("pretrained_parts"):

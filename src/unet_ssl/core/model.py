@@ -96,18 +96,25 @@ class UNet(nn.Module):
         return self.head(self.decoder(self.encoder(x)))
 
 
+def projection_mlp(in_dim: int, hidden_dim: int = 256, out_dim: int = 128) -> nn.Sequential:
+    """SimCLR's projection: Linear, ReLU, Linear."""
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+
+
 class ProjectionHead(nn.Module):
     """SimCLR's 2-layer MLP on globally pooled encoder features.
 
     `multi_level=False` pools the bottleneck only (SimCLR's choice); `True` concatenates the pooled
-    features of every encoder level (the paper's future-work variant).
+    features of every encoder level (the paper's future-work variant). `pixels=True` adds a second MLP,
+    `pixel_mlp`, for single pixels of the decoder's last features (dense contrastive pretraining).
     """
 
-    def __init__(self, widths: tuple[int, ...], multi_level: bool = False, hidden_dim: int = 256, out_dim: int = 128):
+    def __init__(self, widths: tuple[int, ...], multi_level: bool = False, hidden_dim: int = 256, out_dim: int = 128,
+                 pixels: bool = False):
         super().__init__()
         self.multi_level = multi_level
-        in_dim = sum(widths) if multi_level else widths[-1]
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+        self.mlp = projection_mlp(sum(widths) if multi_level else widths[-1], hidden_dim, out_dim)
+        self.pixel_mlp = projection_mlp(widths[0], hidden_dim, out_dim) if pixels else None
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         chosen = features if self.multi_level else features[-1:]

@@ -1,5 +1,6 @@
-"""Self-supervised pretraining of the U-Net: SimCLR on the encoder, or a masked autoencoder on the
-whole network. One loop, resumable from the last complete epoch. Depends on torch alone."""
+"""Self-supervised pretraining of the U-Net: SimCLR on the encoder, or on the whole network a masked
+autoencoder or SimCLR plus dense (per-pixel) contrast. One loop, resumable from the last complete epoch.
+Depends on torch alone."""
 from __future__ import annotations
 
 import logging
@@ -10,13 +11,16 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from unet_ssl.config import PretrainConfig
+from unet_ssl.config import PretrainConfig, pretrains_decoder
 from unet_ssl.core import augment, checkpoint, distributed
 from unet_ssl.core.losses import nt_xent_loss, reconstruction_loss
 from unet_ssl.core.model import ProjectionHead, UNet, UNetConfig
 from unet_ssl.core.runtime import Runtime, check_finite, progress
 
 log = logging.getLogger(__name__)
+
+DENSE_POINTS = 16  # places per image whose two views dense pretraining pulls together
+
 
 class SimCLRNet(torch.nn.Module):
     """Encoder + projection head as one module: exactly the parameters SimCLR trains, which is what
@@ -28,6 +32,23 @@ class SimCLRNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))
+
+
+class DenseContrastNet(torch.nn.Module):
+    """The U-Net without its output layer, with SimCLR's head on the bottleneck and a projection of the decoder's
+    last features at given places: what dense contrastive pretraining trains (DenseCL's global and dense losses,
+    Wang et al. 2021; a pixel's positive is the same spot in the other view, as in VADeR, Pinheiro et al. 2020)."""
+
+    def __init__(self, model: UNet, head: ProjectionHead):
+        super().__init__()
+        self.encoder, self.decoder, self.head = model.encoder, model.decoder, head
+
+    def forward(self, x: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image embeddings (N, D) and the embeddings of the places `coords` (N, K, 2) of each image, (N * K, D)."""
+        features = self.encoder(x)
+        pixels = self.decoder(features)
+        sampled = F.grid_sample(pixels, coords[:, :, None].to(pixels.dtype), mode="bilinear", align_corners=False)
+        return self.head(features), self.head.pixel_mlp(sampled.squeeze(-1).transpose(1, 2).flatten(0, 1))
 
 
 def simclr_views(batch: torch.Tensor, cfg: PretrainConfig, generator: torch.Generator) -> torch.Tensor:
@@ -43,6 +64,18 @@ def simclr_loss(net: torch.nn.Module, views: torch.Tensor, cfg: PretrainConfig, 
         z = net(views)
     z_a, z_b = z.float().chunk(2)
     return nt_xent_loss(distributed.gather(z_a), distributed.gather(z_b), cfg.temperature)
+
+
+def dense_loss(net: torch.nn.Module, views: torch.Tensor, coords: torch.Tensor, cfg: PretrainConfig,
+               runtime: Runtime) -> torch.Tensor:
+    """The mean of NT-Xent on the images' projections and NT-Xent on the places' projections (every other
+    place of the batch a negative), gathered over ranks like `simclr_loss`."""
+    with runtime.autocast():
+        z, pixels = net(views, coords)
+    (z_a, z_b), (p_a, p_b) = z.float().chunk(2), pixels.float().chunk(2)
+    image_level = nt_xent_loss(distributed.gather(z_a), distributed.gather(z_b), cfg.temperature)
+    pixel_level = nt_xent_loss(distributed.gather(p_a), distributed.gather(p_b), cfg.temperature)
+    return (image_level + pixel_level) / 2
 
 
 def mae_inputs(batch: torch.Tensor, cfg: PretrainConfig,
@@ -71,21 +104,29 @@ def pretraining_networks(cfg: PretrainConfig, skip_connections: bool,
     gives every method the same initial weights."""
     arch = UNetConfig(out_channels=3, skip_connections=skip_connections)
     model = runtime.model(UNet(arch))
-    return model, runtime.model(ProjectionHead(arch.widths, multi_level=cfg.projection == "multi_level"))
+    head = ProjectionHead(arch.widths, multi_level=cfg.projection == "multi_level", pixels=cfg.method == "dense")
+    return model, runtime.model(head)
 
 
 def trained_network(model: UNet, head: ProjectionHead, cfg: PretrainConfig) -> torch.nn.Module:
-    """What a step trains: the whole U-Net for a masked autoencoder, encoder + head for SimCLR."""
+    """What a step trains: the whole U-Net for a masked autoencoder, encoder + head for SimCLR, all but the
+    U-Net's output layer + both heads for dense pretraining."""
+    if cfg.method == "dense":
+        return DenseContrastNet(model, head)
     return model if cfg.method.startswith("mae_") else SimCLRNet(model.encoder, head)
 
 
 def pretrain_inputs(batch: torch.Tensor, cfg: PretrainConfig, runtime: Runtime,
                     generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """One step's inputs from a uint8 batch: two views of every image (SimCLR), or the images and
-    their masks (masked autoencoder), drawn where the batch lives, then in the runtime's memory format."""
+    """One step's inputs from a uint8 batch: two views of every image (SimCLR; dense pretraining adds the
+    places both views show), or the images and their masks (masked autoencoder), drawn where the batch lives,
+    then in the runtime's memory format."""
     if cfg.method.startswith("mae_"):
         images, mask = mae_inputs(batch, cfg, generator)
         return runtime.batch(images), runtime.batch(mask)
+    if cfg.method == "dense":
+        views, coords = augment.dense_views(batch, cfg.image_size, generator, DENSE_POINTS)
+        return runtime.batch(views), coords
     return (runtime.batch(simclr_views(batch, cfg, generator)),)
 
 
@@ -94,6 +135,8 @@ def pretrain_loss(net: torch.nn.Module, inputs: tuple[torch.Tensor, ...], cfg: P
     """The loss `pretrain` back-propagates for one step on `pretrain_inputs`."""
     if cfg.method.startswith("mae_"):
         return mae_loss(net, *inputs, cfg, runtime)
+    if cfg.method == "dense":
+        return dense_loss(net, *inputs, cfg, runtime)
     return simclr_loss(net, *inputs, cfg, runtime)
 
 
@@ -168,6 +211,6 @@ def pretrain(
         if resume_path is not None and ctx.is_main:
             checkpoint.save_training_state(resume_path, run_key, epoch, modules, optimizer, generator, history=history,
                                            clock=clock.spent())
-    parts = ["encoder", "decoder"] if cfg.method.startswith("mae_") else ["encoder"]
+    parts = ["encoder", "decoder"] if pretrains_decoder(cfg.method) else ["encoder"]
     return checkpoint.model_checkpoint(model.cpu(), method=cfg.method, pretrained_parts=parts, history=history,
                                        head=head.cpu().state_dict(), config=asdict(cfg))

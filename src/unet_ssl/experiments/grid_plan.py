@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from unet_ssl.config import METHODS
+from unet_ssl.config import METHODS, pretrains_decoder
 from unet_ssl.paths import GRID_PRETRAIN_VARIANTS, GRID_PRETRAINED
 
 SUBSETS = (0.9, 0.1, 0.01)
@@ -73,9 +73,10 @@ class Cell:
     @property
     def pretraining(self) -> tuple[str, str, bool, str]:
         """What the pretrained checkpoint depends on besides the seed: the method, SimCLR's head, the
-        skip connections for masked autoencoders only (they train the whole U-Net; SimCLR trains the
-        encoder alone, so one SimCLR checkpoint serves the skip and the no-skip U-Net), and the variant."""
-        skips = self.skip_connections if self.method.startswith("mae_") else True
+        skip connections for methods that pretrain the decoder only (masked autoencoders and dense contrast train
+        the whole U-Net; SimCLR trains the encoder alone, so one SimCLR checkpoint serves the skip and the no-skip
+        U-Net), and the variant."""
+        skips = self.skip_connections if pretrains_decoder(self.method) else True
         return self.method, self.projection, skips, self.variant
 
     def pretrain_key(self, seed: int) -> str:
@@ -157,6 +158,8 @@ LEVERS = Table(
             (Cell("mae_patch", freeze_encoder=False),)),
         Row("MAE, patch masking + the training split's pets, unlabelled",
             (Cell("mae_patch", False, variant="with_pets"),)),
+        Row("SimCLR + dense pixel contrast on the decoder's features (Wang et al. 2021; Pinheiro et al. 2020)",
+            (Cell("dense", freeze_encoder=False),)),
     ),
 )
 LEVER_PAPERS = (
@@ -165,6 +168,11 @@ LEVER_PAPERS = (
     "Reed et al. (2022), Self-Supervised Pretraining Improves Self-Supervised Pretraining: adding target-domain "
     "images to the pretraining data.",
     "He et al. (2022), Masked Autoencoders Are Scalable Vision Learners: masked reconstruction at the patch scale.",
+    "Wang, Zhang, Shen, Kong, Li (2021), Dense Contrastive Learning for Self-Supervised Visual Pre-Training "
+    "(DenseCL): a global and a dense contrastive loss, averaged.",
+    "Pinheiro, Almahairi, Benmalek, Golemo, Courville (2020), Unsupervised Learning of Dense Visual Representations "
+    "(VADeR): an encoder-decoder trained with per-pixel contrast, a pixel's positive being the same spot in the "
+    "other view.",
     "Akiba et al. (2019), Optuna: A Next-generation Hyperparameter Optimization Framework (the tuning study).",
 )
 
