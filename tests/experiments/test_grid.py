@@ -401,6 +401,25 @@ def test_levers_pretrain_on_their_own_photos_and_compare_on_validation_and_test(
     assert "| 1 |" in row and row.count("(95% CI ") == 2 and f"{64 + n_train} × 1 epochs" in row
     assert "| none: trained from scratch (baseline) | 1 |" in report and "He et al. (2022)" in report
     assert "up to date" in run(["dvc", "status", "grid/dvc.yaml"], repo, env)
+    assert "Not in the predictions" not in report
+
+
+def test_a_table_names_the_cells_whose_checkpoint_is_absent_instead_of_failing(grid_repo, tmp_path):
+    """Checkpoints are DVC outputs: a clone without the cache that made them still regenerates the report."""
+    repo, env, _ = grid_repo
+    run(["dvc", "repro", "grid/dvc.yaml:levers"], repo, env)
+    cell = grid_plan.cell_by_name("none-trained-skip-90")
+    saved = repo / "grid" / "runs" / grid_plan.home(cell) / cell.name / "s0" / "finetuned.pt"
+    kept = {p: p.read_bytes() for p in [saved, *(repo / "reports").glob("levers*"),
+                                        *(repo / "reports" / "levers_figures").iterdir()] if p.is_file()}
+    saved.unlink()
+    try:
+        run(["unet-ssl", "grid", "table", "levers"], repo, env)
+        report = (repo / "reports" / "levers.md").read_text()
+        assert "Not in the predictions: none-trained-skip-90: their first-seed checkpoints" in report
+    finally:
+        for path, data in kept.items():
+            path.write_bytes(data)
 
 
 def test_plain_dvc_repro_at_the_root_does_not_touch_the_grid(grid_repo, monkeypatch):

@@ -110,18 +110,24 @@ def examples(pets: dict, k: int) -> torch.Tensor:
     return test[torch.linspace(0, len(test) - 1, min(k, len(test))).round().long()]
 
 
-def prediction_grid(params: dict, frame: pd.DataFrame, cells: list[grid_plan.Cell], path: Path) -> None:
-    """The first test pets: image, true mask, and the prediction of each cell's first-seed model."""
+def prediction_grid(params: dict, frame: pd.DataFrame, cells: list[grid_plan.Cell], path: Path) -> list[str]:
+    """The first test pets: image, true mask, and the prediction of each cell's first-seed model. Returns the
+    cells left out because that model's checkpoint (a DVC output, not in git) is not in this workspace."""
     pets = load_tensors(GRID_PETS)
     test_idx = examples(pets, params["grid"]["examples"])
     runtime = make_runtime(params["runtime"])
     columns = [("image", pets["images"][test_idx].permute(0, 2, 3, 1).numpy()),
                ("true mask", colourise(pets["masks"][test_idx]))]
+    absent = []
     for cell in cells:
         runs = frame[frame["cell"] == cell.name].sort_values("seed") if len(frame) else frame
         if runs.empty:
             continue
-        model = runtime.model(checkpoint.load_model(Path(runs["path"].iloc[0]) / GRID_FINETUNED_CHECKPOINT))
+        saved = Path(runs["path"].iloc[0]) / GRID_FINETUNED_CHECKPOINT
+        if not saved.is_file():
+            absent.append(cell.name)
+            continue
+        model = runtime.model(checkpoint.load_model(saved))
         pred = predict(model, pets["images"][test_idx], runtime, params["evaluate"]["batch_size"])
         columns.append((f"{cell.name}\n(seed {int(runs['seed'].iloc[0])})", colourise(pred)))
     fig, axes = plt.subplots(len(test_idx), len(columns), figsize=(1.7 * len(columns), 1.8 * len(test_idx)),
@@ -133,6 +139,7 @@ def prediction_grid(params: dict, frame: pd.DataFrame, cells: list[grid_plan.Cel
         axes[0][c].set_title(title, fontsize=6)
     fig.tight_layout()
     save(fig, path)
+    return absent
 
 
 def mae_figure(params: dict, path: Path = MAE_FIGURE) -> None:

@@ -360,10 +360,13 @@ def write_report(params: dict, paper: grid_plan.Table, frame: pd.DataFrame) -> P
     figures.learning_curves(frame, paper, folder / LEARNING_CURVES_FIGURE)
     figures.pretraining_curves(frame, folder / PRETRAINING_LOSS_FIGURE)
     shown = [line.cells[0] for line in paper.rows]  # the 90% column
-    figures.prediction_grid(params, frame, shown, folder / PREDICTIONS_FIGURE)
+    absent = figures.prediction_grid(params, frame, shown, folder / PREDICTIONS_FIGURE)
     lines += ["## Figures", "", image("validation Jaccard per epoch", folder / LEARNING_CURVES_FIGURE, report), "",
               image("pretraining loss", folder / PRETRAINING_LOSS_FIGURE, report), "",
               image("example test predictions at 90%", folder / PREDICTIONS_FIGURE, report), ""]
+    if absent:
+        lines += [f"Not in the predictions: {', '.join(absent)}: their first-seed checkpoints, DVC outputs kept only "
+                  "in the cache of the machine that ran them, are not in the workspace this report was made in.", ""]
     if paper.name == "table2":
         figures.subset_curves(*subset_points(frame, paper), folder / SUBSET_FIGURE)
         lines += [image("Jaccard vs subset size", folder / SUBSET_FIGURE, report), ""]
