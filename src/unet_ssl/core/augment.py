@@ -138,12 +138,13 @@ def dense_views(images: torch.Tensor, size: int, generator: torch.Generator, poi
     n, device = images.shape[0], images.device
     theta_a = crop_boxes(n, generator, device)
     theta_b = crop_boxes(n, generator, device)
-    low = torch.maximum(_crop_low(theta_a), _crop_low(theta_b))  # (N, 2): the shared box in image coordinates
-    high = torch.minimum(_crop_high(theta_a), _crop_high(theta_b))
+    (centre_a, half_a), (centre_b, half_b) = _centre_and_half(theta_a), _centre_and_half(theta_b)
+    low = torch.maximum(centre_a - half_a, centre_b - half_b)  # (N, 2): the shared box in image coordinates
+    high = torch.minimum(centre_a + half_a, centre_b + half_b)
     apart = (low >= high).any(1)
     theta_b = torch.where(apart[:, None, None], theta_a, theta_b)
-    low = torch.where(apart[:, None], _crop_low(theta_a), low)
-    high = torch.where(apart[:, None], _crop_high(theta_a), high)
+    low = torch.where(apart[:, None], centre_a - half_a, low)
+    high = torch.where(apart[:, None], centre_a + half_a, high)
     spots = low[:, None] + torch.rand(n, points, 2, generator=generator, device=device) * (high - low)[:, None]
     x = to_float(images)
     views, coords = [], []
@@ -152,18 +153,15 @@ def dense_views(images: torch.Tensor, size: int, generator: torch.Generator, poi
         view = crop(x, theta, size)
         view = torch.where(flip[:, None, None, None], view.flip(-1), view)
         views.append(color_jitter(view, generator, **(jitter or {})))
-        seen = (spots - theta[:, None, :, 2]) / torch.stack([theta[:, 0, 0], theta[:, 1, 1]], 1)[:, None]
+        centre, half = _centre_and_half(theta)
+        seen = (spots - centre[:, None]) / half[:, None]
         coords.append(torch.where(flip[:, None, None], seen * torch.tensor([-1.0, 1.0], device=device), seen))
     return torch.cat(views), torch.cat(coords)
 
 
-def _crop_low(theta: torch.Tensor) -> torch.Tensor:
-    """A crop's top-left corner (x, y) in the image's normalised coordinates."""
-    return theta[:, :, 2] - torch.stack([theta[:, 0, 0], theta[:, 1, 1]], 1)
-
-
-def _crop_high(theta: torch.Tensor) -> torch.Tensor:
-    return theta[:, :, 2] + torch.stack([theta[:, 0, 0], theta[:, 1, 1]], 1)
+def _centre_and_half(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A crop's centre (x, y) and half its width and height, (N, 2) each, in the image's normalised coordinates."""
+    return theta[:, :, 2], theta.diagonal(dim1=1, dim2=2)
 
 
 def patch_mask(n: int, height: int, width: int, generator: torch.Generator, patch: int = 20,

@@ -57,25 +57,27 @@ def simclr_views(batch: torch.Tensor, cfg: PretrainConfig, generator: torch.Gene
     return torch.cat([augment.simclr_view(batch, cfg.image_size, generator) for _ in range(2)])
 
 
+def paired_nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent on embeddings stacked as (view a of all, view b of all), in fp32; under torchrun each half is
+    gathered from every rank (with gradients), so each anchor has the negatives of the whole global batch."""
+    z_a, z_b = z.float().chunk(2)
+    return nt_xent_loss(distributed.gather(z_a), distributed.gather(z_b), temperature)
+
+
 def simclr_loss(net: torch.nn.Module, views: torch.Tensor, cfg: PretrainConfig, runtime: Runtime) -> torch.Tensor:
-    """NT-Xent on the projections of `views`; under torchrun the projections of every rank are
-    gathered (with gradients) so each anchor has the negatives of the whole global batch."""
+    """NT-Xent on the projections of `views` (`paired_nt_xent`)."""
     with runtime.autocast():
         z = net(views)
-    z_a, z_b = z.float().chunk(2)
-    return nt_xent_loss(distributed.gather(z_a), distributed.gather(z_b), cfg.temperature)
+    return paired_nt_xent(z, cfg.temperature)
 
 
 def dense_loss(net: torch.nn.Module, views: torch.Tensor, coords: torch.Tensor, cfg: PretrainConfig,
                runtime: Runtime) -> torch.Tensor:
     """The mean of NT-Xent on the images' projections and NT-Xent on the places' projections (every other
-    place of the batch a negative), gathered over ranks like `simclr_loss`."""
+    place of the batch a negative)."""
     with runtime.autocast():
         z, pixels = net(views, coords)
-    (z_a, z_b), (p_a, p_b) = z.float().chunk(2), pixels.float().chunk(2)
-    image_level = nt_xent_loss(distributed.gather(z_a), distributed.gather(z_b), cfg.temperature)
-    pixel_level = nt_xent_loss(distributed.gather(p_a), distributed.gather(p_b), cfg.temperature)
-    return (image_level + pixel_level) / 2
+    return (paired_nt_xent(z, cfg.temperature) + paired_nt_xent(pixels, cfg.temperature)) / 2
 
 
 def mae_inputs(batch: torch.Tensor, cfg: PretrainConfig,
