@@ -100,7 +100,7 @@ def _bench(args: argparse.Namespace) -> None:
     request = BenchRequest(
         config=config, throughput=not args.no_throughput,
         numerics_seeds=list(args.numerics_seeds) if args.numerics else [],
-        numerics_epochs=args.numerics_epochs or params["finetune"]["epochs"],
+        numerics_epochs=args.numerics_epochs or params["finetune"]["epochs"], numerics_stage=args.numerics_stage,
         stages=list(args.stages), stage_timeout=args.stage_timeout, label=args.label,
         out=Path(args.out) if args.out else None)
     run(request, params, args.params)
@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune in fp32 and bf16 with the same seeds; compare scores")
     p.add_argument("--numerics-seeds", type=_int_list, default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--numerics-epochs", type=_at_least(0), default=0, help="default finetune.epochs")
+    p.add_argument("--numerics-stage", choices=("finetune", "pretrain"), default="finetune",
+                   help="whose precision differs: fine-tuning from scratch (default), or the pretraining "
+                        "(then the same fine-tuning from each checkpoint)")
     p.add_argument("--stages", type=_comma_list(PIPELINE_STAGES, empty=True), default="",
                    help=f"comma-separated pipeline stages ({', '.join(PIPELINE_STAGES)}) to run as subprocesses here, "
                         "measuring peak RSS (writes the stages' outputs: use a scratch clone)")

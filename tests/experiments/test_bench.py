@@ -22,7 +22,7 @@ from unet_ssl.experiments.bench.environment import environment
 from unet_ssl.experiments.bench.loading import load_data
 from unet_ssl.experiments.bench.memory import stage_memory
 from unet_ssl.experiments.bench.numerics import bf16_numerics, numerics_verdict
-from unet_ssl.experiments.bench.sections import throughput_markdown, write_bench_section
+from unet_ssl.experiments.bench.sections import numerics_markdown, throughput_markdown, write_bench_section
 from unet_ssl.experiments.bench.timing import measure
 from unet_ssl.experiments.bench.workloads import WORKLOADS, BenchConfig
 
@@ -177,6 +177,40 @@ def test_bf16_numerics_on_the_sample(sample_data, params):
     rows = bf16_numerics(sample_data, params, seeds=[0], epochs=1, device="cpu", log=lambda line: None)
     assert [r["precision"] for r in rows] == ["fp32", "bf16"]
     assert all(0 <= r["test_jaccard"] <= 1 and r["n_test"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_bf16_numerics_of_pretraining_fine_tunes_each_checkpoint_alike(sample_data, params):
+    """Only the pretraining's precision differs: each checkpoint is fine-tuned in the params' precision."""
+    few = dataclasses.replace(sample_data, pretrain=sample_data.pretrain[:64])
+    short = {**params, "pretrain": {**params["pretrain"], "epochs": 1, "batch_size": 32}}
+    rows = bf16_numerics(few, short, seeds=[0], epochs=1, device="cpu", log=lambda line: None, stage="pretrain")
+    assert [(r["precision"], r["finetune_precision"]) for r in rows] == [("fp32", "fp32"), ("bf16", "fp32")]
+    assert rows[0]["final_pretrain_loss"] != rows[1]["final_pretrain_loss"]
+    assert "simclr on 64 photos, 1 epochs at 64 px" in rows[0]["pretrain_settings"]
+    text = numerics_markdown(rows, numerics_verdict(rows), few, 1, env=[])
+    assert text.startswith("## bf16 numerics: pretraining") and "| final pretrain loss |" in text
+    assert "- bf16 pretraining ran" in text
+
+
+def test_the_pretraining_numerics_section_keeps_the_fine_tuning_one(tmp_path, sample_data):
+    """`--numerics-stage pretrain` writes its own section after the fine-tuning verdict, which it keeps."""
+    def rows(stage):
+        confusion = np.array([[[7, 3, 0], [0, 0, 0], [0, 0, 0]]] * 4)
+        extra = {"final_pretrain_loss": 4.2, "pretrain_settings": "simclr", "finetune_precision": "fp32"}
+        return [{"seed": s, "precision": p, "stage": stage, "seconds": 10.0 if p == "fp32" else 5.0,
+                 "final_train_loss": 0.3, "selected_epoch": 1, "n_train": 30, "n_val": 4, "n_test": 4,
+                 "channels_last": True, "settings": "64 px", "val_jaccard": 0.7, "val_f1": 0.8, "test_jaccard": 0.7,
+                 "test_f1": 0.8, "val_confusion": confusion, "test_confusion": confusion,
+                 **(extra if stage == "pretrain" else {})} for s in range(2) for p in ("fp32", "bf16")]
+
+    out = tmp_path / "performance.md"
+    for stage, key in (("finetune", "numerics"), ("pretrain", "numerics-pretrain")):
+        write_bench_section(out, key, numerics_markdown(rows(stage), numerics_verdict(rows(stage)), sample_data, 1, []))
+    text = out.read_text()
+    assert text.index("## bf16 numerics\n") < text.index("## bf16 numerics: pretraining")
+    assert "- bf16 fine-tuning ran 2.00x" in text and "- bf16 pretraining ran 2.00x" in text
+    assert "| seed | precision | final pretrain loss | final train loss |" in text
 
 
 @pytest.mark.parametrize("name, core, functions", [

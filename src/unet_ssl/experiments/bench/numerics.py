@@ -1,5 +1,5 @@
-"""The bf16 precision experiment of `unet-ssl bench --numerics`: fine-tuning in fp32 and under bf16
-autocast with the same seeds, and the verdict, which reads validation alone."""
+"""The bf16 precision experiment of `unet-ssl bench --numerics`: fine-tuning (or the pretraining it starts from)
+in fp32 and under bf16 autocast with the same seeds, and the verdict, which reads validation alone."""
 from __future__ import annotations
 
 import itertools
@@ -14,6 +14,7 @@ from unet_ssl.core import checkpoint
 from unet_ssl.core.finetuning import NUM_CLASSES, finetune
 from unet_ssl.core.inference import predict
 from unet_ssl.core.metrics import ConfusionMatrix
+from unet_ssl.core.pretraining import PretrainConfig, pretrain
 from unet_ssl.core.runtime import make_runtime, seed_everything
 from unet_ssl.core.stats import paired_bootstrap, per_image_confusion
 from unet_ssl.data.splits import finetuning_splits
@@ -26,27 +27,44 @@ def finetune_settings(cfg: FinetuneConfig) -> str:
             f"{'on' if cfg.skip_connections else 'off'}, subset {cfg.subset:g}")
 
 
+def pretrain_settings(cfg: PretrainConfig, n_photos: int) -> str:
+    return (f"{cfg.method} on {n_photos} photos, {cfg.epochs} epochs at {cfg.image_size} px, batch {cfg.batch_size}, "
+            f"lr {cfg.lr:g}, temperature {cfg.temperature:g}")
+
+
 def bf16_numerics(data: BenchData, params: dict, seeds: list[int], epochs: int, device: str = "auto",
-                  log: Callable[[str], None] = print) -> list[dict]:
-    """Fine-tunes from scratch in fp32 and in bf16 with the same seeds (pipeline settings otherwise) and
-    scores the best-validation weights on the validation split (which decides) and the test split (shown
-    only), keeping per-image confusion matrices for paired bootstrap intervals."""
+                  log: Callable[[str], None] = print, stage: str = "finetune") -> list[dict]:
+    """Trains in fp32 and in bf16 with the same seeds (pipeline settings otherwise) and scores the
+    best-validation weights on the validation split (which decides) and the test split (shown only),
+    keeping per-image confusion matrices for paired bootstrap intervals. `stage` "finetune": fine-tuning
+    from scratch in each precision. "pretrain": pretraining (params' `pretrain` group, on the prepared
+    photos) in each precision, then the same fine-tuning from each checkpoint in the params' own precision,
+    so the scores differ only by the pretraining's precision; `seconds` is then the pretraining's."""
     cfg = FinetuneConfig(**{**params["finetune"], "epochs": epochs})
+    pretrain_cfg = PretrainConfig(**params["pretrain"])
     rows = []
     for seed in seeds:
         train_idx, val_idx, test_idx = finetuning_splits(data.split, cfg.subset, seed)
         for precision in ("fp32", "bf16"):
             runtime = make_runtime({**params["runtime"], "device": device, "precision": precision})
             generator = seed_everything(seed)
+            row = {"seed": seed, "precision": precision, "stage": stage, "n_train": len(train_idx),
+                   "n_val": len(val_idx), "n_test": len(test_idx), "channels_last": runtime.channels_last,
+                   "settings": finetune_settings(cfg)}
             start = time.perf_counter()
-            result = finetune(data.pets, data.masks, train_idx, val_idx, cfg, None, runtime, generator)
-            seconds = time.perf_counter() - start
-            model = checkpoint.model_from(result)
-            model = runtime.model(model)
-            row = {"seed": seed, "precision": precision, "seconds": seconds,
-                   "final_train_loss": result["history"][-1]["train_loss"], "selected_epoch": result["selected_epoch"],
-                   "n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(test_idx),
-                   "channels_last": runtime.channels_last, "settings": finetune_settings(cfg)}
+            pretrained = None
+            if stage == "pretrain":
+                pretrained = pretrain(data.pretrain, pretrain_cfg, cfg.skip_connections, runtime, generator)
+                row |= {"seconds": time.perf_counter() - start,
+                        "final_pretrain_loss": pretrained["history"][-1]["loss"],
+                        "pretrain_settings": pretrain_settings(pretrain_cfg, data.pretrain.shape[0]),
+                        "finetune_precision": params["runtime"]["precision"]}
+                runtime = make_runtime({**params["runtime"], "device": device})
+                generator = seed_everything(seed)
+            result = finetune(data.pets, data.masks, train_idx, val_idx, cfg, pretrained, runtime, generator)
+            row.setdefault("seconds", time.perf_counter() - start)
+            row |= {"final_train_loss": result["history"][-1]["train_loss"], "selected_epoch": result["selected_epoch"]}
+            model = runtime.model(checkpoint.model_from(result))
             for split, idx in (("val", val_idx), ("test", test_idx)):
                 pred = predict(model, data.pets[idx], runtime, cfg.batch_size)
                 cm = ConfusionMatrix(NUM_CLASSES)
@@ -55,8 +73,8 @@ def bf16_numerics(data: BenchData, params: dict, seeds: list[int], epochs: int, 
                 row |= {f"{split}_jaccard": scores["jaccard"], f"{split}_f1": scores["f1"], f"{split}_pred": pred,
                         f"{split}_confusion": per_image_confusion(pred, data.masks[idx], NUM_CLASSES).numpy()}
             rows.append(row)
-            log(f"numerics seed {seed} {precision}: val Jaccard {row['val_jaccard']:.4f} (test, shown only: "
-                f"{row['test_jaccard']:.4f}), {seconds:.0f}s")
+            log(f"numerics ({stage}) seed {seed} {precision}: val Jaccard {row['val_jaccard']:.4f} (test, shown "
+                f"only: {row['test_jaccard']:.4f}), {row['seconds']:.0f}s")
     return rows
 
 

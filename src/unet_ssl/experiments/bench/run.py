@@ -28,6 +28,7 @@ class BenchRequest:
     throughput: bool = True
     numerics_seeds: list[int] = field(default_factory=list)
     numerics_epochs: int = 0
+    numerics_stage: str = "finetune"  # or "pretrain": the precision of the pretraining
     stages: list[str] = field(default_factory=list)
     stage_timeout: float = 0
     label: str = ""  # names the memory section, so runs with other settings keep their own
@@ -63,11 +64,13 @@ def run(request: BenchRequest, params: dict, params_path: str = "params.yaml", r
             write_bench_section(request.out, "throughput", markdown)
     if request.numerics_seeds:
         load_before = os.getloadavg()
-        rows = bf16_numerics(data, params, request.numerics_seeds, request.numerics_epochs, cfg.device)
+        rows = bf16_numerics(data, params, request.numerics_seeds, request.numerics_epochs, cfg.device,
+                             stage=request.numerics_stage)
         markdown = numerics_markdown(rows, numerics_verdict(rows), data, request.numerics_epochs,
                                      environment(device, load_before))
         print("\n" + markdown)
         if request.out:
-            write_bench_section(request.out, "numerics", markdown)
+            key = "numerics" if request.numerics_stage == "finetune" else f"numerics-{request.numerics_stage}"
+            write_bench_section(request.out, key, markdown)
     if request.out:
         print(f"bench: wrote {request.out}")
