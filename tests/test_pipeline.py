@@ -81,7 +81,9 @@ def test_main_reproduces_its_committed_records(pipeline_repo):
     want, got = (numbers(json.loads((root / "metrics" / "evaluate.json").read_text())) for root in (REPO, repo))
     assert got.keys() == want.keys()
     off = {k: (want[k], got[k]) for k in want if abs(want[k] - got[k]) > 1e-6}
-    assert not off, f"metrics/evaluate.json differs from a fresh run (committed, produced): {off}"
+    assert not off, (f"metrics/evaluate.json differs from a fresh run (committed, produced): {off}. With the same "
+                     "code and params this is another CPU type (fp32 kernels differ, README: Records): regenerate with "
+                     "`make run` in a fresh clone and commit dvc.lock, metrics/ and reports/pipeline.md")
     print(f"\n[fresh clone] dvc.lock code and params entries of {len(committed)} stages identical; "
           f"{len(want)} numbers of metrics/evaluate.json equal within 1e-6 (test Jaccard {got['.test.jaccard']:.6f})")
 
