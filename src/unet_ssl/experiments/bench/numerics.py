@@ -62,7 +62,8 @@ def bf16_numerics(data: BenchData, params: dict, seeds: list[int], epochs: int, 
                 runtime = make_runtime({**params["runtime"], "device": device})
                 generator = seed_everything(seed)
             result = finetune(data.pets, data.masks, train_idx, val_idx, cfg, pretrained, runtime, generator)
-            row.setdefault("seconds", time.perf_counter() - start)
+            if stage == "finetune":
+                row["seconds"] = time.perf_counter() - start
             row |= {"final_train_loss": result["history"][-1]["train_loss"], "selected_epoch": result["selected_epoch"]}
             model = runtime.model(checkpoint.model_from(result))
             for split, idx in (("val", val_idx), ("test", test_idx)):

@@ -89,7 +89,7 @@ def throughput_markdown(rows: list[Row], peaks: dict, cfg: BenchConfig, data: Be
 
 def numerics_markdown(rows: list[dict], verdict: dict, data: BenchData, epochs: int, env: list[str]) -> str:
     first = rows[0]
-    pretraining = first.get("stage") == "pretrain"
+    pretraining = first["stage"] == "pretrain"
     header = ["seed", "precision", *(["final pretrain loss"] if pretraining else []), "final train loss",
               "val Jaccard", "val F1", "test Jaccard", "test F1", "selected epoch", "seconds"]
     cells = [[r["seed"], r["precision"], *([f"{r['final_pretrain_loss']:.4f}"] if pretraining else []),
