@@ -94,7 +94,9 @@ def test_repro_again_does_nothing(pipeline_repo):
     assert "Running stage" not in out
 
 
-def test_exp_run_with_a_new_subset_reruns_only_what_depends_on_it(pipeline_repo):
+@pytest.mark.slow  # 75 s; the default suite runs `dvc exp run -S` in test_readme_commands.py and checks the
+# temporary copy's store in tests/tracking/test_mlflow_runs.py
+def test_exp_run_temp_with_a_new_subset_reruns_only_what_depends_on_it(pipeline_repo):
     repo, env, _ = pipeline_repo
     out = run(["dvc", "exp", "run", "--temp", "-S", "finetune.subset=0.1"], repo, env)
     assert "Running stage 'finetune'" in out and "Running stage 'evaluate'" in out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -80,7 +81,12 @@ def test_everyday_commands_as_typed(readme_repo):
     out = shell(repo, documented("dvc exp run -S finetune.subset=0.01"))
     text = out.stdout + out.stderr
     assert "Running stage 'finetune'" in text and "Running stage 'evaluate'" in text
-    assert "Running stage 'pretrain'" not in text
+    for unchanged in ("prepare_pets", "prepare_pretrain", "validate", "pretrain"):
+        assert f"Running stage '{unchanged}'" not in text
+    with sqlite3.connect(repo / "mlruns" / "mlflow.db") as db:  # the experiment's runs, tagged with its subset
+        subsets = db.execute("select t.value from tags t join tags s on t.run_uuid = s.run_uuid "
+                             "where t.key = 'subset' and s.key = 'stage' and s.value = 'finetune'").fetchall()
+    assert ("0.01",) in subsets
 
     # the short form: the changed param and the two main scores, one line per experiment, in 120 columns
     exps = shell(repo, documented("make exps")).stdout

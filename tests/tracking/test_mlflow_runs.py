@@ -151,6 +151,20 @@ def test_each_execution_is_its_own_parent_and_keeps_its_metrics(repo: Path, mlfl
     assert sorted(r.data.tags["stage"] for r in children) == ["evaluate", "finetune"]
 
 
+def test_a_dvc_temporary_experiment_copy_logs_to_the_repositorys_own_store(repo: Path, monkeypatch):
+    """`dvc exp run --temp` runs the stages in .dvc/tmp/exps/standalone/<name>, a copy with its own dvc.yaml:
+    its runs belong in the repository's store, beside every other run (end to end: test_pipeline.py, slow)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    copy = repo / ".dvc" / "tmp" / "exps" / "standalone" / "tmp8kq2x" / "src"
+    copy.mkdir(parents=True)
+    shutil.copy2(repo / "dvc.yaml", copy.parent / "dvc.yaml")
+    own_store = f"sqlite:///{repo.resolve()}/mlruns/mlflow.db"
+    assert mlflow_runs.tracking_uri(copy) == mlflow_runs.tracking_uri(repo) == own_store
+    assert not (copy.parent / "mlruns").exists()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")  # a store the user names wins
+    assert mlflow_runs.tracking_uri(copy) == "sqlite:///elsewhere.db"
+
+
 def test_stages_started_by_one_dvc_process_share_its_execution(tmp_path: Path):
     """Under DVC a stage runs as dvc -> shell (DVC_STAGE set) -> stage; the execution is the nearest
     ancestor without DVC_STAGE: here this test's process stands in for `dvc`."""
