@@ -4,6 +4,7 @@ pruned with its reason, nested MLflow runs, best values written; plus the seedin
 mix training settings, and DVC's plan showing that plain `dvc repro` leaves the tuning stage out."""
 import copy
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -102,6 +103,8 @@ def test_study_persists_resumes_survives_a_diverging_trial_and_tracks_every_tria
     assert f"Trial {study.best_trial.number}: validation Jaccard **{study.best_value:.4f}**" in report
     assert "| 2 | PRUNED |" in report and "| pruned | 1 (of which diverged: 1) |" in report
     assert "1 pretraining epoch(s) of `simclr` on 64 photos and 2 fine-tuning epochs" in report
+    assert re.search(r"\n- Data: [\d,]+ labelled pets of \d+ breeds \([\d,]+ cats?, [\d,]+ dogs?\) from `data/raw`, "
+                     r"split \d+ train / \d+ validation / \d+ test", report)
     assert Path("reports/tuning_figures/history.png").stat().st_size > 0
     assert Path("reports/tuning_figures/contour_pretrain_temperature_pretrain_lr.png").stat().st_size > 0
 

@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
 
 from unet_ssl.core.stats import PerImage, confusion_from_record, paired_text  # noqa: E402
+from unet_ssl.experiments.paper_tables import data_statement  # noqa: E402
 from unet_ssl.experiments.tuning import (  # noqa: E402
     OBJECTIVE,
     ORIGIN_ATTR,
@@ -36,6 +37,7 @@ from unet_ssl.experiments.tuning import (  # noqa: E402
 )
 from unet_ssl.paths import (  # noqa: E402
     CONFUSION_ARTIFACT,
+    PREPARED,
     TUNING_BEST,
     TUNING_FIGURES,
     TUNING_HISTORY_PLOT,
@@ -157,6 +159,7 @@ def write_report(study: optuna.Study, params: dict, figures: dict[str, Path | st
         f"{profile.get('finetune.image_size')}px, training seed {profile.get('seed')}. The score of a trial is that of "
         "its best fine-tuning epoch. Sampler: TPE (multivariate), seeded. Pruner as configured per run "
         f"(now `{tune['pruner']}`). Trial 0 of a new study runs the values in params.yaml as the baseline.", "",
+        data_statement(params, PREPARED)[0], "",  # the prepared pets the trials split (tuning/dvc.yaml's dep)
         "## Search space", "", *table(["parameter", "low", "high", "scale"], space), "",
         "## Summary", "", *table(["", ""], counts), "",
     ]
