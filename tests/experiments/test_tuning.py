@@ -21,6 +21,7 @@ from unet_ssl.core.stats import confusion_record, per_image_confusion
 from unet_ssl.data.preparation import prepare_pets, prepare_pretrain
 from unet_ssl.experiments.tuning import (
     ORIGIN_ATTR,
+    SIZES_ATTR,
     STOP_REASON_ATTR,
     Objective,
     TrialRuns,
@@ -29,6 +30,7 @@ from unet_ssl.experiments.tuning import (
     search_space,
     storage_path,
 )
+from unet_ssl.experiments.tuning_report import write_report
 from unet_ssl.paths import CONFUSION_ARTIFACT, PETS, PRETRAIN_IMAGES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,6 +151,22 @@ def test_a_trial_is_pruned_between_epochs_but_never_after_its_last(workdir):
         states[epochs] = (trial.state, sorted(trial.intermediate_values))
     assert states[2] == (optuna.trial.TrialState.PRUNED, [1])
     assert states[1] == (optuna.trial.TrialState.COMPLETE, [1])
+
+
+def test_a_copied_study_reports_without_prepared_pets_or_with_other_ones(tmp_path, monkeypatch):
+    """A study file shared into another workspace (README: Tuning) still gets its report, which says why it
+    describes no data instead of describing pets the trials never saw."""
+    monkeypatch.chdir(tmp_path)
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(SIZES_ATTR, {"pretrain_photos": 64, "train_pets": 30, "val_pets": 5})
+    write_report(study, tiny_params(), {}, tmp_path / "tuning.md")
+    assert "- Data: no prepared pets in this workspace" in (tmp_path / "tuning.md").read_text()
+    manifest = tmp_path / PETS.parent / "pets_manifest.csv"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("name,split\nBengal_1,train\nBengal_2,val\n")
+    write_report(study, tiny_params(), {}, tmp_path / "tuning.md")
+    assert ("- Data: not described: the pets prepared here have 1 validation pet, the study's trials scored 5."
+            in (tmp_path / "tuning.md").read_text())
 
 
 def test_two_processes_add_trials_to_one_study_at_once(workdir):

@@ -17,12 +17,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 from mlflow.entities import Metric, RunTag  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
 
 from unet_ssl.core.stats import PerImage, confusion_from_record, paired_text  # noqa: E402
+from unet_ssl.data.species import plural  # noqa: E402
 from unet_ssl.experiments.paper_tables import data_statement  # noqa: E402
 from unet_ssl.experiments.tuning import (  # noqa: E402
     OBJECTIVE,
@@ -37,6 +39,8 @@ from unet_ssl.experiments.tuning import (  # noqa: E402
 )
 from unet_ssl.paths import (  # noqa: E402
     CONFUSION_ARTIFACT,
+    PETS_FOLDER,
+    PETS_MANIFEST,
     PREPARED,
     TUNING_BEST,
     TUNING_FIGURES,
@@ -129,6 +133,19 @@ def summary(study: optuna.Study) -> dict:
     }
 
 
+def data_line(params: dict, val_pets: int | None) -> str:
+    """The data statement of the prepared pets the trials split (the tune stage's dep). A study file copied
+    into another workspace (README: Tuning) may meet no prepared pets, or other ones: its report says so."""
+    manifest = PREPARED / PETS_FOLDER / PETS_MANIFEST
+    if not manifest.is_file():
+        return "- Data: no prepared pets in this workspace to describe (`dvc repro validate` prepares them)."
+    here = int((pd.read_csv(manifest)["split"] == "val").sum())
+    if val_pets is not None and here != val_pets:
+        return (f"- Data: not described: the pets prepared here have {plural(here, 'validation pet')}, the study's "
+                f"trials scored {val_pets}.")
+    return data_statement(params, PREPARED)[0]
+
+
 def write_report(study: optuna.Study, params: dict, figures: dict[str, Path | str],
                  path: Path = TUNING_REPORT) -> None:
     tune = params["tune"]
@@ -159,7 +176,7 @@ def write_report(study: optuna.Study, params: dict, figures: dict[str, Path | st
         f"{profile.get('finetune.image_size')}px, training seed {profile.get('seed')}. The score of a trial is that of "
         "its best fine-tuning epoch. Sampler: TPE (multivariate), seeded. Pruner as configured per run "
         f"(now `{tune['pruner']}`). Trial 0 of a new study runs the values in params.yaml as the baseline.", "",
-        data_statement(params, PREPARED)[0], "",  # the prepared pets the trials split (tuning/dvc.yaml's dep)
+        data_line(params, sizes.get("val_pets")), "",
         "## Search space", "", *table(["parameter", "low", "high", "scale"], space), "",
         "## Summary", "", *table(["", ""], counts), "",
     ]
