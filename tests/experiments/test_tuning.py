@@ -31,7 +31,7 @@ from unet_ssl.experiments.tuning import (
     storage_path,
 )
 from unet_ssl.experiments.tuning_report import write_report
-from unet_ssl.paths import CONFUSION_ARTIFACT, PETS, PRETRAIN_IMAGES
+from unet_ssl.paths import CONFUSION_ARTIFACT, PETS, PETS_MANIFEST, PRETRAIN_IMAGES
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {
@@ -161,7 +161,7 @@ def test_a_copied_study_reports_without_prepared_pets_or_with_other_ones(tmp_pat
     study.set_user_attr(SIZES_ATTR, {"pretrain_photos": 64, "train_pets": 30, "val_pets": 5})
     write_report(study, tiny_params(), {}, tmp_path / "tuning.md")
     assert "- Data: no prepared pets in this workspace" in (tmp_path / "tuning.md").read_text()
-    manifest = tmp_path / PETS.parent / "pets_manifest.csv"
+    manifest = tmp_path / PETS.parent / PETS_MANIFEST  # where the pets manifest is read
     manifest.parent.mkdir(parents=True)
     manifest.write_text("name,split\nBengal_1,train\nBengal_2,val\n")
     write_report(study, tiny_params(), {}, tmp_path / "tuning.md")
