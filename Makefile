@@ -45,7 +45,7 @@ paper: install
 exps:
 	@python -m unet_ssl.exps $(ARGS)
 
-# The paper's tables as a DVC grid (grid/dvc.yaml; plain `dvc repro` never runs it). grid/params.yaml holds
+# The paper's tables as a DVC grid (grid/dvc.yaml; plain `dvc repro` never runs it). grid/params.json holds
 # the CPU grid profile; another one with e.g. `make table1 GRID_PROFILE=profiles/grid-paper.yaml`.
 GRID_PROFILE ?=
 table1 table2 levers resolution: install

@@ -87,7 +87,7 @@ def test_numbers_yaml_reads_as_strings_are_numbers(tmp_path):
 
 def test_the_repository_params_and_profiles_are_valid():
     config.load_params(REPO / "params.yaml")
-    config.load_params(REPO / "grid" / "params.yaml")  # holds `plan`: the grid's groups are allowed
+    config.load_params(REPO / "grid" / "params.json")  # holds `plan`: the grid's groups are allowed
     for profile in sorted((REPO / "profiles").glob("*.yaml")):
         config.validate_params(yaml.safe_load(profile.read_text()), str(profile), grid=profile.name.startswith("grid-"))
     with pytest.raises(config.ParamsError, match="unknown key grid.tables"):

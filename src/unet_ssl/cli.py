@@ -169,7 +169,7 @@ def _at_least(low: float, kind: type = int):
 
 def _params_after_command(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """`--params` also after the subcommand (`unet-ssl finetune --params x.yaml`), for every subcommand
-    that reads it (not `data`, not `grid`, which reads grid/params.yaml)."""
+    that reads it (not `data`, not `grid`, which reads grid/params.json)."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, command in sub.choices.items():
         has_subcommands = any(isinstance(a, argparse._SubParsersAction) for a in command._actions)
@@ -257,11 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_bench)
 
     grid_parser = sub.add_parser("grid",
-                                 help="the paper's tables as a grid of runs (grid/dvc.yaml; reads grid/params.yaml)")
+                                 help="the paper's tables as a grid of runs (grid/dvc.yaml; reads grid/params.json)")
     grid_sub = grid_parser.add_subparsers(dest="action", required=True)
-    p = grid_sub.add_parser("use", help="write grid/params.yaml (profile + run plan) from a grid profile")
+    p = grid_sub.add_parser("use", help="write grid/params.json (profile + run plan) from a grid profile")
     p.add_argument("profile", help="e.g. profiles/grid-cpu.yaml or profiles/grid-paper.yaml")
-    grid_sub.add_parser("plan", help="check grid/params.yaml and count its runs")
+    grid_sub.add_parser("plan", help="check grid/params.json and count its runs")
     grid_sub.add_parser("prepare", help="the grid's pets and pretraining photos at the profile's sizes, validated")
     for action in ("pretrain", "finetune"):
         grid_sub.add_parser(action, help=f"one {action} run of the plan").add_argument(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -149,7 +150,7 @@ CHECKS: dict[str, Key] = {
     "finetune.lr_schedule": Key("str", ("constant", "cosine")),
 }
 DATACLASS_GROUPS = ("pretrain", "finetune")
-# Written by `unet-ssl grid use` into grid/params.yaml (which always holds `plan`); checked by `unet-ssl grid plan`.
+# Written by `unet-ssl grid use` into grid/params.json (which always holds `plan`); checked by `unet-ssl grid plan`.
 GRID_GROUPS = ("grid", "profile", "plan")
 HINTS = {"finetune.subset": f" ({FULL_TRAINING_FRACTION:g} = all of the training split)",
          "tune.finetune_subset": " (as finetune.subset)"}
@@ -218,7 +219,7 @@ def _check_space(space: dict, known: dict[str, dict[str, Key]]) -> list[str]:
 def validate_params(params: dict, source: str = "params.yaml", grid: bool | None = None) -> dict:
     """Raises ParamsError listing every unknown group or key and every bad value (one line); converts
     numbers YAML read as strings. Returns `params`. The grid's groups are allowed with `grid`, by
-    default when there is a `plan` (grid/params.yaml)."""
+    default when there is a `plan` (grid/params.json)."""
     known = schema()
     groups = ["seed", *known] + (list(GRID_GROUPS) if ("plan" in params if grid is None else grid) else [])
     errors = []
@@ -260,7 +261,12 @@ def load_params(path: Path | str = "params.yaml") -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run from the repository root or pass --params")
     try:
-        params = yaml.safe_load(path.read_text())
+        if path.suffix == ".json":  # the grid's generated params (paths.GRID_PARAMS)
+            params = json.loads(path.read_text())
+        else:
+            params = yaml.safe_load(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ParamsError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

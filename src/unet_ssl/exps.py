@@ -4,7 +4,7 @@
 thousands of columns) and collapses them to `…` at 120 columns. This asks DVC for the params of
 params.yaml that differ between the experiments (`--only-changed`) and the two main test scores
 (dataset-level Jaccard and F1, metrics/evaluate.json), cuts the file prefixes DVC adds to tell
-params.yaml from grid/params.yaml, and prints one line per experiment under its baseline commit. Params
+params.yaml from grid/params.json, and prints one line per experiment under its baseline commit. Params
 that do not fit the terminal width are named below the table. Extra arguments go to `dvc exp show`
 (e.g. `-A` for the experiments of every commit)."""
 from __future__ import annotations

@@ -161,16 +161,16 @@ def test_cell_filter_and_unknown_names():
 # Profiles and the committed params file --------------------------------------------------------------
 
 def test_the_committed_grid_params_are_the_cpu_profile_with_its_plan(tmp_path):
-    committed = load(REPO / "grid" / "params.yaml")
-    regenerated = grid_runs.use_profile(Path(committed["profile"]), tmp_path / "params.yaml")
-    assert committed["profile"] == "profiles/grid-cpu.yaml"
-    assert committed == regenerated == load(tmp_path / "params.yaml")
+    committed = (REPO / "grid" / "params.json").read_text()
+    regenerated = grid_runs.use_profile(Path(json.loads(committed)["profile"]), tmp_path / "params.json")
+    assert regenerated["profile"] == "profiles/grid-cpu.yaml"
+    assert committed == (tmp_path / "params.json").read_text()  # byte for byte, as `unet-ssl grid use` writes it
 
 
 def test_a_stale_plan_or_profile_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shutil.copy2(PROFILES / "grid-micro.yaml", tmp_path / "p.yaml")
-    params = grid_runs.use_profile(Path("p.yaml"), tmp_path / "params.yaml")
+    params = grid_runs.use_profile(Path("p.yaml"), tmp_path / "params.json")
     grid_runs.check_plan(params)
     params["grid"]["seeds"] = [0, 1]
     with pytest.raises(ValueError, match="out of date"):
@@ -319,7 +319,7 @@ def grid_repo(tmp_path_factory):
 
 def test_table1_is_generated_from_runs_that_are_tagged_in_mlflow(grid_repo):
     repo, env, out = grid_repo
-    params = load(repo / "grid" / "params.yaml")
+    params = load(repo / "grid" / "params.json")
     table1_cells = {c.name for c in grid_plan.TABLE1.cells} & set(params["grid"]["cells"])
     finetuned = mlflow_runs(repo, "grid_finetune")
     assert sorted(r["grid_cell"] for r in finetuned) == sorted(table1_cells)
@@ -381,7 +381,7 @@ def test_levers_pretrain_on_their_own_photos_and_compare_on_validation_and_test(
     record = json.loads((repo / "grid" / "pretrain_variants" / "simclr-with_pets-s0" / "pretrain.json").read_text())
     assert record["n_images"] == 64 + n_train > 64  # 64 raw photos and the training split's pets, nothing else
     monkeypatch.chdir(repo)
-    params = load(repo / "grid" / "params.yaml")
+    params = load(repo / "grid" / "params.json")
     photos = torch.load(grid_runs.variant_photos(params, params["plan"]["pretrain_variant"]["simclr-with_pets-s0"],
                                                  tmp_path), weights_only=True)["images"]
     assert torch.equal(photos[64:], pets["images"][pets["split"] == SPLIT_CODES["train"]])

@@ -16,6 +16,7 @@ from unet_ssl.data.species import SPECIES, describe_pets, scores_by_species
 from unet_ssl.experiments import figures, grid_plan
 from unet_ssl.paths import (
     GRID_DATA,
+    GRID_PARAMS,
     GRID_PRETRAIN_RECORD,
     LEARNING_CURVES_FIGURE,
     MAE_FIGURE,
@@ -164,7 +165,8 @@ def profile_statement(params: dict, frame: pd.DataFrame) -> list[str]:
     one_batch = (f" With {n_test} test pets in one batch of {batch}, the two views coincide here (the paper had "
                  "about 740 test pets, 3 batches).") if 0 < n_test <= batch else ""
     return [
-        f"- Profile: `{params['profile']}` (grid/params.yaml), seeds {params['grid']['seeds']}, run on {devices}.",
+        f"- Profile: `{params['profile']}` ({GRID_PARAMS.as_posix()}), seeds {params['grid']['seeds']}, "
+        f"run on {devices}.",
         f"- Pretraining: epochs {pre['epochs']}, batch {pre['batch_size']}, lr {pre['lr']}, {pre['image_size']} px, "
         f"temperature {pre['temperature']}, masks {percent(pre['mask_ratio'])} in {pre['mask_patch']}-px patches, "
         f"loss over {'the masked pixels' if pre['masked_only_loss'] else 'the whole image'}"

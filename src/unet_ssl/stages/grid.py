@@ -1,5 +1,5 @@
 """`unet-ssl grid use|plan|prepare|pretrain|finetune`: the grid's params file and the run stages of
-grid/dvc.yaml, each reading grid/params.yaml; the runs are in `unet_ssl.experiments.grid_runs`."""
+grid/dvc.yaml, each reading grid/params.json; the runs are in `unet_ssl.experiments.grid_runs`."""
 from __future__ import annotations
 
 from pathlib import Path
