@@ -67,6 +67,15 @@ def test_invalid_yaml_is_one_error_line(tmp_path, monkeypatch, capsys):
     assert "params.yaml is not valid YAML (line" in error_of(["evaluate"], capsys)
 
 
+def test_a_broken_grid_params_file_is_one_error_line(tmp_path, monkeypatch, capsys):
+    """grid/params.json is generated, but a hand edit can break it: the grid's commands name the spot."""
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / "params.json").write_text('{\n  "grid": {"seeds": [0, 1,]}\n}\n')
+    monkeypatch.chdir(tmp_path)
+    line = error_of(["grid", "plan"], capsys)
+    assert line.startswith("unet-ssl grid: error: grid/params.json is not valid JSON (line 2, column"), line
+
+
 def test_the_error_reaches_the_shell_without_traceback(tmp_path):
     write_params(tmp_path, {"finetune.subset": 1.0})
     done = subprocess.run([sys.executable, "-m", "unet_ssl", "finetune"], cwd=tmp_path, capture_output=True, text=True,
