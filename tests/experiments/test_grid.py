@@ -17,7 +17,7 @@ import yaml
 from conftest import SMALL_PETS, copy_pets, copy_repo
 from conftest import run_checked as run
 
-from unet_ssl.config import pretrains_decoder
+from unet_ssl.config import load_params, pretrains_decoder
 from unet_ssl.core.stats import confusion_from_record, confusion_record, dataset_jaccard
 from unet_ssl.data.splits import SPLIT_CODES
 from unet_ssl.experiments import grid_plan, grid_runs, release
@@ -319,7 +319,7 @@ def grid_repo(tmp_path_factory):
 
 def test_table1_is_generated_from_runs_that_are_tagged_in_mlflow(grid_repo):
     repo, env, out = grid_repo
-    params = load(repo / "grid" / "params.json")
+    params = load_params(repo / "grid" / "params.json")  # as the grid stages read it
     table1_cells = {c.name for c in grid_plan.TABLE1.cells} & set(params["grid"]["cells"])
     finetuned = mlflow_runs(repo, "grid_finetune")
     assert sorted(r["grid_cell"] for r in finetuned) == sorted(table1_cells)
@@ -381,7 +381,7 @@ def test_levers_pretrain_on_their_own_photos_and_compare_on_validation_and_test(
     record = json.loads((repo / "grid" / "pretrain_variants" / "simclr-with_pets-s0" / "pretrain.json").read_text())
     assert record["n_images"] == 64 + n_train > 64  # 64 raw photos and the training split's pets, nothing else
     monkeypatch.chdir(repo)
-    params = load(repo / "grid" / "params.json")
+    params = load_params(repo / "grid" / "params.json")  # as the grid stages read it
     photos = torch.load(grid_runs.variant_photos(params, params["plan"]["pretrain_variant"]["simclr-with_pets-s0"],
                                                  tmp_path), weights_only=True)["images"]
     assert torch.equal(photos[64:], pets["images"][pets["split"] == SPLIT_CODES["train"]])
