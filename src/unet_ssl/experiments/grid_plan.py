@@ -158,6 +158,8 @@ LEVERS = Table(
             (Cell("mae_patch", freeze_encoder=False),)),
         Row("MAE, patch masking + the training split's pets, unlabelled",
             (Cell("mae_patch", False, variant="with_pets"),)),
+        Row("MAE, patch masking + the training split's pets, 4x the epochs (He et al. 2022)",
+            (Cell("mae_patch", False, variant="with_pets_longer"),)),
         Row("SimCLR + dense pixel contrast on the decoder's features (Wang et al. 2021; Pinheiro et al. 2020)",
             (Cell("dense", freeze_encoder=False),)),
     ),
@@ -167,7 +169,8 @@ LEVER_PAPERS = (
     "Representations: SimCLR gains from longer training and more data.",
     "Reed et al. (2022), Self-Supervised Pretraining Improves Self-Supervised Pretraining: adding target-domain "
     "images to the pretraining data.",
-    "He et al. (2022), Masked Autoencoders Are Scalable Vision Learners: masked reconstruction at the patch scale.",
+    "He et al. (2022), Masked Autoencoders Are Scalable Vision Learners: masked reconstruction at the patch scale, "
+    "which keeps improving with longer pretraining schedules.",
     "Wang, Zhang, Shen, Kong, Li (2021), Dense Contrastive Learning for Self-Supervised Visual Pre-Training "
     "(DenseCL): a global and a dense contrastive loss, averaged.",
     "Pinheiro, Almahairi, Benmalek, Golemo, Courville (2020), Unsupervised Learning of Dense Visual Representations "
