@@ -41,7 +41,8 @@ def colourise(labels: torch.Tensor) -> np.ndarray:
 
 
 def save(fig: plt.Figure, path: Path) -> None:
-    fig.savefig(path, dpi=90)
+    """Tight bounding box: a legend placed outside the axes is saved whole, however many rows it has."""
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -61,23 +62,29 @@ def learning_curves(frame: pd.DataFrame, table: grid_plan.Table, path: Path) -> 
             if len(runs) > 1:
                 ax.fill_between(epochs, curves.min(), curves.max(), alpha=0.15, color=colours[i % 10])
         ax.set(title=f"fine-tuning on {title} of the pets", xlabel="epoch", ylabel="validation Jaccard (dataset-level)")
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(4, max(1, len(handles))), fontsize=7)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.tight_layout()
+    # below the panels, one legend column per panel: a label is about as wide as one panel
+    fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0),
+               ncol=len(table.columns), fontsize=7)
     save(fig, path)
 
 
 def pretraining_curves(frame: pd.DataFrame, path: Path) -> None:
+    """Loss per epoch, a line per pretraining run, one colour and legend entry per pretraining (its seeds alike)."""
     fig, ax = plt.subplots(figsize=(6, 4))
+    colours = plt.get_cmap("tab10").colors
     folders = {grid_pretraining(r.pretrain_run, getattr(r, "pretrain_dir", None)) for r in frame.itertuples()}
+    pretrainings = sorted({f.name.rsplit("-s", 1)[0] for f in folders})  # the run key without its seed
     for folder in sorted(folders, key=lambda f: f.name):
-        key = folder.name
-        record = json.loads((folder / GRID_PRETRAIN_RECORD).read_text())
-        if record["history"]:
-            ax.plot([h["epoch"] for h in record["history"]], [h["loss"] for h in record["history"]], marker=".",
-                    label=key)
+        history = json.loads((folder / GRID_PRETRAIN_RECORD).read_text())["history"]
+        name = folder.name.rsplit("-s", 1)[0]
+        if history:
+            labelled = name in ax.get_legend_handles_labels()[1]
+            ax.plot([h["epoch"] for h in history], [h["loss"] for h in history], marker=".",
+                    color=colours[pretrainings.index(name) % 10], label=None if labelled else name)
     ax.set(title="pretraining loss (NT-Xent for SimCLR, MSE for MAE)", xlabel="epoch", ylabel="loss", yscale="log")
     if ax.lines:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     save(fig, path)
 
