@@ -1,0 +1,46 @@
+"""The grid's figures, drawn from the run records committed in grid/ (the levers table's 27 runs)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pytest
+
+from unet_ssl.config import load_params
+from unet_ssl.experiments import figures, grid_plan, grid_runs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The levers runs' frame, and the figures the functions would save (kept open to inspect)."""
+    monkeypatch.chdir(REPO)
+    frame = grid_runs.results(load_params(REPO / "grid" / "params.json"), grid_plan.LEVERS.cells)
+    saved: list[plt.Figure] = []
+    monkeypatch.setattr(figures, "save", lambda fig, path: saved.append(fig))
+    yield frame, saved
+    plt.close("all")
+
+
+def test_pretraining_loss_has_one_colour_and_legend_entry_per_pretraining(drawn, tmp_path):
+    frame, saved = drawn
+    figures.pretraining_curves(frame, tmp_path / "loss.png")
+    (ax,) = saved[0].axes
+    labels = ax.get_legend_handles_labels()[1]
+    expected = {"simclr", "simclr-all_photos", "simclr-with_pets", "simclr-tuned", "mae_patch", "mae_patch-with_pets",
+                "mae_patch-with_pets_longer", "dense"}
+    assert sorted(labels) == sorted(expected)  # seeds are not legend entries; scratch pretrains nothing
+    assert len(ax.lines) == 3 * len(expected)  # a line per run: 3 seeds each
+    assert len({line.get_color() for line in ax.lines}) == len(expected)  # the seeds of a pretraining alike
+
+def test_learning_curves_legend_sits_below_the_panel_within_the_figures_width(drawn, tmp_path):
+    frame, saved = drawn
+    figures.learning_curves(frame, grid_plan.LEVERS, tmp_path / "curves.png")
+    fig = saved[0]
+    (legend,) = fig.legends
+    assert len(legend.get_texts()) == len(grid_plan.LEVERS.rows)
+    renderer = fig.canvas.get_renderer()
+    box = legend.get_window_extent(renderer)
+    assert box.y1 <= fig.axes[0].get_tightbbox(renderer).y0  # below the panel, not over the curves
+    assert box.width <= fig.bbox.width  # one column per panel: as wide as the figure at most, not cut off
