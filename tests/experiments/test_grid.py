@@ -88,7 +88,7 @@ def test_nothing_is_pretrained_twice():
     # the variants' pretraining runs are planned apart, one per variant, method and seed
     assert sorted(plan["pretrain_variant"]) == sorted(
         f"{v}-s{s}" for v in ("simclr-all_photos", "simclr-with_pets", "simclr-tuned", "mae_patch-with_pets",
-                              "mae_patch-with_pets_longer") for s in seeds)
+                              "mae_patch-with_pets_longer", "mae_patch-with_pets_masked_loss") for s in seeds)
     assert plan["pretrain_variant"]["simclr-all_photos-s0"] | {"pretrain": None} == {
         "seed": 0, "skip_connections": True, "pretrain": None, "variant": "all_photos", "photos": 0,
         "training_pets": False}
@@ -96,12 +96,14 @@ def test_nothing_is_pretrained_twice():
     assert plan["pretrain_variant"]["simclr-tuned-s0"]["pretrain"]["temperature"] != params["pretrain"]["temperature"]
     longer, shorter = (plan["pretrain_variant"][f"mae_patch-{v}-s0"] for v in ("with_pets_longer", "with_pets"))
     assert longer["training_pets"] and longer["pretrain"]["epochs"] == 4 * shorter["pretrain"]["epochs"]
+    masked_loss = plan["pretrain_variant"]["mae_patch-with_pets_masked_loss-s0"]
+    assert masked_loss["pretrain"] == shorter["pretrain"] | {"masked_only_loss": True} and masked_loss["training_pets"]
     runs = plan["pretrain"] | plan["pretrain_variant"]
     for entry in plan["finetune"].values():
         pre = runs[entry["pretrain"]]
         assert pre["seed"] == entry["seed"]
         assert pre["pretrain"]["method"] == grid_plan.cell_by_name(entry["cell"]).method
-    assert len(plan["finetune"]) == (12 + 24 - 3 + 7) * 3
+    assert len(plan["finetune"]) == (12 + 24 - 3 + 8) * 3
 
 
 def test_levers_fine_tune_alike_and_keep_the_paper_tables_folders():

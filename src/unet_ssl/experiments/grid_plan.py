@@ -160,6 +160,8 @@ LEVERS = Table(
             (Cell("mae_patch", False, variant="with_pets"),)),
         Row("MAE, patch masking + the training split's pets, 4x the epochs (He et al. 2022)",
             (Cell("mae_patch", False, variant="with_pets_longer"),)),
+        Row("MAE, patch masking + the training split's pets, loss on the masked pixels only (He et al. 2022)",
+            (Cell("mae_patch", False, variant="with_pets_masked_loss"),)),
         Row("SimCLR + dense pixel contrast on the decoder's features (Wang et al. 2021; Pinheiro et al. 2020)",
             (Cell("dense", freeze_encoder=False),)),
     ),
@@ -170,7 +172,7 @@ LEVER_PAPERS = (
     "Reed et al. (2022), Self-Supervised Pretraining Improves Self-Supervised Pretraining: adding target-domain "
     "images to the pretraining data.",
     "He et al. (2022), Masked Autoencoders Are Scalable Vision Learners: masked reconstruction at the patch scale, "
-    "which keeps improving with longer pretraining schedules.",
+    "which keeps improving with longer pretraining schedules and with the loss on the masked patches only.",
     "Wang, Zhang, Shen, Kong, Li (2021), Dense Contrastive Learning for Self-Supervised Visual Pre-Training "
     "(DenseCL): a global and a dense contrastive loss, averaged.",
     "Pinheiro, Almahairi, Benmalek, Golemo, Courville (2020), Unsupervised Learning of Dense Visual Representations "
