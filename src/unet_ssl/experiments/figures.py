@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -136,7 +137,8 @@ def prediction_grid(params: dict, frame: pd.DataFrame, cells: list[grid_plan.Cel
             continue
         model = runtime.model(checkpoint.load_model(saved))
         pred = predict(model, pets["images"][test_idx], runtime, params["evaluate"]["batch_size"])
-        columns.append((f"{cell.name}\n(seed {int(runs['seed'].iloc[0])})", colourise(pred)))
+        name = textwrap.fill(cell.name, 30)  # long variant names wrap at their hyphens instead of overlapping
+        columns.append((f"{name}\n(seed {int(runs['seed'].iloc[0])})", colourise(pred)))
     fig, axes = plt.subplots(len(test_idx), len(columns), figsize=(1.7 * len(columns), 1.8 * len(test_idx)),
                              squeeze=False)
     for c, (title, images) in enumerate(columns):
