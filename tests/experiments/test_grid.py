@@ -79,16 +79,18 @@ def test_nothing_is_pretrained_twice():
     # SimCLR trains the encoder only: its skip and no-skip cells share one checkpoint per seed.
     wanted = {(c.method, c.projection, c.skip_connections if pretrains_decoder(c.method) else True)
               for t in grid_plan.TABLES.values() for c in t.cells}
-    assert len(plan["pretrain"]) == len(wanted) * len(seeds) == 7 * 3
+    # and scratch's 3 more seeds (grid.cell_seeds) start from 3 more random initialisations
+    assert len(plan["pretrain"]) == len(wanted) * len(seeds) + 3 == 7 * 3 + 3
     users = Counter(e["pretrain"] for e in plan["finetune"].values())
     # Table 2's 12 cells per method, plus Table 1's cell with recomputed batch-norm statistics; the levers
     # table reuses Table 2's SimCLR and scratch cells and adds a trained-encoder MAE cell and the dense one
     assert users["simclr-s0"] == 13 and users["mae_patch-s0"] == 3 and users["none-s0"] == 13
     assert users["dense-s0"] == 1 and plan["pretrain"]["dense-s0"]["skip_connections"]
     # the variants' pretraining runs are planned apart, one per variant, method and seed
-    assert sorted(plan["pretrain_variant"]) == sorted(
-        f"{v}-s{s}" for v in ("simclr-all_photos", "simclr-with_pets", "simclr-tuned", "mae_patch-with_pets",
-                              "mae_patch-with_pets_longer", "mae_patch-with_pets_masked_loss") for s in seeds)
+    assert sorted(plan["pretrain_variant"]) == sorted([
+        *(f"{v}-s{s}" for v in ("simclr-all_photos", "simclr-with_pets", "simclr-tuned", "mae_patch-with_pets",
+                                "mae_patch-with_pets_longer", "mae_patch-with_pets_masked_loss") for s in seeds),
+        *(f"mae_patch-with_pets-s{s}" for s in (3, 4, 5))])  # the cell with its own seeds (grid.cell_seeds)
     assert plan["pretrain_variant"]["simclr-all_photos-s0"] | {"pretrain": None} == {
         "seed": 0, "skip_connections": True, "pretrain": None, "variant": "all_photos", "photos": 0,
         "training_pets": False}
@@ -103,7 +105,23 @@ def test_nothing_is_pretrained_twice():
         pre = runs[entry["pretrain"]]
         assert pre["seed"] == entry["seed"]
         assert pre["pretrain"]["method"] == grid_plan.cell_by_name(entry["cell"]).method
-    assert len(plan["finetune"]) == (12 + 24 - 3 + 8) * 3
+    assert len(plan["finetune"]) == (12 + 24 - 3 + 8) * 3 + 2 * 3  # two cells with 3 more seeds (cell_seeds)
+
+
+def test_cells_with_their_own_seeds_get_those_runs_and_their_pretraining():
+    """`grid.cell_seeds` narrows one comparison's interval without running every cell again."""
+    params = load(PROFILES / "grid-cpu.yaml")
+    more = {"none-trained-skip-90": [0, 1, 2, 3, 4, 5], "mae_patch-with_pets-trained-skip-90": [0, 1, 2, 3, 4, 5]}
+    assert params["grid"]["cell_seeds"] == more
+    plan = grid_plan.plan(params)
+    assert {k for k in plan["finetune"] if k.endswith(("-s3", "-s4", "-s5"))} == {
+        f"{cell}-s{seed}" for cell in more for seed in (3, 4, 5)}
+    assert {k for k in plan["pretrain_variant"] if k.endswith("-s5")} == {"mae_patch-with_pets-s5"}
+    assert plan["finetune"]["none-trained-skip-90-s5"]["dir"] == "shared/none-trained-skip-90/s5"
+    assert "mae_patch-with_pets_longer-trained-skip-90-s3" not in plan["finetune"]  # the others keep `seeds`
+    params["grid"]["cell_seeds"] = {"simclr-frozen-skip-45": [3]}
+    with pytest.raises(ValueError, match=r"grid.cell_seeds: no table holds \['simclr-frozen-skip-45'\]"):
+        grid_plan.plan(params)
 
 
 def test_levers_fine_tune_alike_and_keep_the_paper_tables_folders():

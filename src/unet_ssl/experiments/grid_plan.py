@@ -259,17 +259,25 @@ def pretrain_config(params: dict, method: str, projection: str, variant: str = "
     return cfg
 
 
+def cell_seeds(grid_params: dict, cell: Cell) -> list[int]:
+    """`grid.seeds`, or the cell's own list in `grid.cell_seeds`: more seeds where an interval is too wide."""
+    return (grid_params.get("cell_seeds") or {}).get(cell.name, grid_params["seeds"])
+
+
 def plan(params: dict) -> dict:
-    """Every pretraining run and fine-tuning run of the selected cells x `grid.seeds`, keyed by
+    """Every pretraining run and fine-tuning run of the selected cells x their seeds (`cell_seeds`), keyed by
     names free of dots. Fine-tuning runs name the pretraining run whose checkpoint they start from.
     Pretraining runs of a variant are planned apart (`pretrain_variant`): their stage also reads the
     raw photos and the prepared pets."""
     pretrain_runs: dict[str, dict] = {}
     variant_runs: dict[str, dict] = {}
     finetune_runs: dict[str, dict] = {}
+    unknown = set(params["grid"].get("cell_seeds") or {}) - {c.name for t in TABLES.values() for c in t.cells}
+    if unknown:
+        raise ValueError(f"grid.cell_seeds: no table holds {sorted(unknown)}")
     for cell in selected_cells(params["grid"]):
         method, projection, skips, variant = cell.pretraining
-        for seed in params["grid"]["seeds"]:
+        for seed in cell_seeds(params["grid"], cell):
             key = cell.pretrain_key(seed)
             run = {"seed": seed, "skip_connections": skips,
                    "pretrain": pretrain_config(params, method, projection, variant)}

@@ -164,9 +164,10 @@ def profile_statement(params: dict, frame: pd.DataFrame) -> list[str]:
     batch = params["evaluate"]["paper_batch_size"]
     one_batch = (f" With {n_test} test pets in one batch of {batch}, the two views coincide here (the paper had "
                  "about 740 test pets, 3 batches).") if 0 < n_test <= batch else ""
+    more = "; ".join(f"{cell} {seeds}" for cell, seeds in (params["grid"].get("cell_seeds") or {}).items())
     return [
-        f"- Profile: `{params['profile']}` ({GRID_PARAMS.as_posix()}), seeds {params['grid']['seeds']}, "
-        f"run on {devices}.",
+        f"- Profile: `{params['profile']}` ({GRID_PARAMS.as_posix()}), seeds {params['grid']['seeds']}"
+        f"{f' (cells with their own: {more})' if more else ''}, run on {devices}.",
         f"- Pretraining: epochs {pre['epochs']}, batch {pre['batch_size']}, lr {pre['lr']}, {pre['image_size']} px, "
         f"temperature {pre['temperature']}, masks {percent(pre['mask_ratio'])} in {pre['mask_patch']}-px patches, "
         f"loss over {'the masked pixels' if pre['masked_only_loss'] else 'the whole image'}"
