@@ -228,8 +228,8 @@ def test_grid_profiles_have_the_pipeline_groups_and_a_grid_section(profile):
     for group in ("data", "pretrain", "finetune", "evaluate", "runtime"):
         assert keys(params[group]) == keys(main[group]), group
     assert params["data"]["image_size"] == params["finetune"]["image_size"]
-    assert set(params["grid"]) == {"tables", "cells", "seeds", "pretrain_overrides", "resolutions", "examples",
-                                   "finetune_runtime", "pretrain_variants"}
+    assert set(params["grid"]) == {"tables", "cells", "seeds", "cell_seeds", "pretrain_overrides", "resolutions",
+                                   "examples", "finetune_runtime", "pretrain_variants"}
     grid_plan.plan(params)
 
 
