@@ -75,17 +75,19 @@ def pretraining_curves(frame: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     colours = plt.get_cmap("tab10").colors
     folders = {grid_pretraining(r.pretrain_run, getattr(r, "pretrain_dir", None)) for r in frame.itertuples()}
-    pretrainings = sorted({f.name.rsplit("-s", 1)[0] for f in folders})  # the run key without its seed
+    pretraining = {f: f.name.rsplit("-s", 1)[0] for f in folders}  # the run key without its seed
+    pretrainings = sorted(set(pretraining.values()))
+    handles = {}
     for folder in sorted(folders, key=lambda f: f.name):
         history = json.loads((folder / GRID_PRETRAIN_RECORD).read_text())["history"]
-        name = folder.name.rsplit("-s", 1)[0]
         if history:
-            labelled = name in ax.get_legend_handles_labels()[1]
-            ax.plot([h["epoch"] for h in history], [h["loss"] for h in history], marker=".",
-                    color=colours[pretrainings.index(name) % 10], label=None if labelled else name)
+            name = pretraining[folder]
+            line, = ax.plot([h["epoch"] for h in history], [h["loss"] for h in history], marker=".",
+                            color=colours[pretrainings.index(name) % 10])
+            handles.setdefault(name, line)
     ax.set(title="pretraining loss (NT-Xent for SimCLR, MSE for MAE)", xlabel="epoch", ylabel="loss", yscale="log")
-    if ax.lines:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    if handles:
+        ax.legend(handles.values(), handles.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     save(fig, path)
 

@@ -217,9 +217,11 @@ def selected_cells(grid_params: dict) -> list[Cell]:
         if name not in TABLES:
             raise ValueError(f"grid.tables: unknown table {name!r}; expected {sorted(TABLES)}")
         cells += [c for c in TABLES[name].cells if c not in cells and (not wanted or c.name in wanted)]
-    unknown = wanted - {c.name for t in TABLES.values() for c in t.cells}
-    if unknown:
-        raise ValueError(f"grid.cells: no table holds {sorted(unknown)}")
+    known = {c.name for t in TABLES.values() for c in t.cells}
+    for setting in ("cells", "cell_seeds"):
+        unknown = set(grid_params.get(setting) or []) - known
+        if unknown:
+            raise ValueError(f"grid.{setting}: no table holds {sorted(unknown)}")
     missing = [c.name for c in levers_baselines() if c not in cells]
     if any(home(c) == LEVERS.name for c in cells) and missing:
         raise ValueError(f"grid.cells: the levers table compares its rows with {missing}; select them too")
@@ -272,9 +274,6 @@ def plan(params: dict) -> dict:
     pretrain_runs: dict[str, dict] = {}
     variant_runs: dict[str, dict] = {}
     finetune_runs: dict[str, dict] = {}
-    unknown = set(params["grid"].get("cell_seeds") or {}) - {c.name for t in TABLES.values() for c in t.cells}
-    if unknown:
-        raise ValueError(f"grid.cell_seeds: no table holds {sorted(unknown)}")
     for cell in selected_cells(params["grid"]):
         method, projection, skips, variant = cell.pretraining
         for seed in cell_seeds(params["grid"], cell):
