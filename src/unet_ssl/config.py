@@ -62,8 +62,12 @@ class FinetuneConfig:
     select_best: bool = True  # keep the weights of the epoch with the best validation Jaccard
     lr_schedule: str = "constant"  # "constant" (the paper) or "cosine" (annealed to 0 over the epochs)
     recompute_bn_stats: bool = False  # re-estimate batch-norm statistics on the training photos once, before training
+    warmup_epochs: int = 0  # first epochs with the encoder frozen, so the fresh decoder and head do not distort it
 
     def __post_init__(self):
+        if self.warmup_epochs and self.freeze_encoder:
+            raise ValueError("finetune.warmup_epochs: the encoder is frozen throughout (finetune.freeze_encoder); "
+                             "set warmup_epochs to 0")
         if not 0 < self.subset <= FULL_TRAINING_FRACTION:
             raise ValueError(f"finetune.subset must be in (0, {FULL_TRAINING_FRACTION}], got {self.subset}")
         if self.augment not in ("none", "flip", "flip_crop"):
@@ -147,7 +151,7 @@ CHECKS: dict[str, Key] = {
     "finetune.epochs": POSITIVE_INT, "finetune.batch_size": POSITIVE_INT, "finetune.lr": POSITIVE,
     "finetune.subset": SUBSET, "finetune.image_size": POSITIVE_INT,
     "finetune.augment": Key("str", ("none", "flip", "flip_crop")),
-    "finetune.lr_schedule": Key("str", ("constant", "cosine")),
+    "finetune.lr_schedule": Key("str", ("constant", "cosine")), "finetune.warmup_epochs": COUNT,
 }
 DATACLASS_GROUPS = ("pretrain", "finetune")
 # Written by `unet-ssl grid use` into grid/params.json (which always holds `plan`); checked by `unet-ssl grid plan`.

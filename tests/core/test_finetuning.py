@@ -120,6 +120,46 @@ def test_a_cosine_schedule_anneals_per_epoch_and_resumes_where_it_stopped(pets, 
     assert all(torch.equal(v, uninterrupted["model"][k]) for k, v in resumed["model"].items())
 
 
+def test_a_warm_up_keeps_the_encoder_frozen_for_its_epochs_then_trains_it_and_resumes_across_the_switch(
+        pets, pretrained, tmp_path: Path):
+    """LP-FT: with `warmup_epochs=2` of 3, the encoder (weights and batch-norm statistics) leaves epoch 2
+    bit-identical to the pretrained one while the decoder has moved; epoch 3 trains it. A run stopped after
+    the warm-up resumes to the uninterrupted result."""
+    split = pets["split"]
+    train, val = torch.nonzero(split == 0).flatten(), torch.nonzero(split == 1).flatten()
+
+    def train_run(epochs: int, warmup: int, **kwargs) -> dict:
+        cfg = FinetuneConfig(epochs=epochs, batch_size=8, freeze_encoder=False, image_size=32, select_best=False,
+                             warmup_epochs=warmup)
+        return finetune(pets["images"], pets["masks"], train, val, cfg, pretrained, CPU, seed_everything(1), **kwargs)
+
+    warmed_up = train_run(epochs=2, warmup=2)
+    before, after = encoder_part(pretrained["model"]), encoder_part(warmed_up["model"])
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(v, pretrained["model"][k]) for k, v in warmed_up["model"].items()
+               if k.startswith("decoder."))
+    uninterrupted = train_run(epochs=3, warmup=2)
+    trained = encoder_part(uninterrupted["model"])
+    assert any(not torch.equal(before[k], trained[k]) for k in before if k.endswith("weight"))
+    assert any(not torch.equal(before[k], trained[k]) for k in before if k.endswith("running_mean"))
+
+    def crash_in_epoch_3(epoch: int, row: dict) -> None:
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    resume = tmp_path / "resume.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_run(epochs=3, warmup=2, resume_path=resume, on_epoch=crash_in_epoch_3)
+    resumed = train_run(epochs=3, warmup=2, resume_path=resume)
+    assert resumed["history"] == uninterrupted["history"]
+    assert all(torch.equal(v, uninterrupted["model"][k]) for k, v in resumed["model"].items())
+
+
+def test_a_warm_up_needs_an_encoder_that_is_trained_afterwards():
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        FinetuneConfig(freeze_encoder=True, warmup_epochs=2)
+
+
 # Does it learn, and do photos and masks stay aligned? Both on real sample pets.
 
 PALETTE = torch.tensor([[230, 40, 40], [40, 40, 230], [40, 230, 40]], dtype=torch.uint8)  # pet, background, border

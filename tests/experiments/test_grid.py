@@ -83,8 +83,10 @@ def test_nothing_is_pretrained_twice():
     assert len(plan["pretrain"]) == len(wanted) * len(seeds) + 3 == 7 * 3 + 3
     users = Counter(e["pretrain"] for e in plan["finetune"].values())
     # Table 2's 12 cells per method, plus Table 1's cell with recomputed batch-norm statistics; the levers
-    # table reuses Table 2's SimCLR and scratch cells and adds a trained-encoder MAE cell and the dense one
-    assert users["simclr-s0"] == 13 and users["mae_patch-s0"] == 3 and users["none-s0"] == 13
+    # table reuses Table 2's SimCLR and scratch cells and adds a trained-encoder MAE cell, the dense one and
+    # SimCLR's with an LP-FT warm-up (the same checkpoint, fine-tuned otherwise)
+    assert users["simclr-s0"] == 14 and users["mae_patch-s0"] == 3 and users["none-s0"] == 13
+    assert users["mae_patch-with_pets-s0"] == 2 and users["mae_patch-with_pets-s3"] == 1
     assert users["dense-s0"] == 1 and plan["pretrain"]["dense-s0"]["skip_connections"]
     # the variants' pretraining runs are planned apart, one per variant, method and seed
     assert sorted(plan["pretrain_variant"]) == sorted([
@@ -105,7 +107,7 @@ def test_nothing_is_pretrained_twice():
         pre = runs[entry["pretrain"]]
         assert pre["seed"] == entry["seed"]
         assert pre["pretrain"]["method"] == grid_plan.cell_by_name(entry["cell"]).method
-    assert len(plan["finetune"]) == (12 + 24 - 3 + 8) * 3 + 2 * 3  # two cells with 3 more seeds (cell_seeds)
+    assert len(plan["finetune"]) == (12 + 24 - 3 + 10) * 3 + 2 * 3  # two cells with 3 more seeds (cell_seeds)
 
 
 def test_cells_with_their_own_seeds_get_those_runs_and_their_pretraining():
@@ -125,11 +127,25 @@ def test_cells_with_their_own_seeds_get_those_runs_and_their_pretraining():
 
 
 def test_levers_fine_tune_alike_and_keep_the_paper_tables_folders():
-    """Only the starting weights differ between the levers' rows; cells the paper tables hold stay where
-    those tables' runs are, so adding the levers table moves no run."""
+    """The levers' rows differ in their starting weights, and the LP-FT rows in when the encoder starts
+    training (the same epochs for all); cells the paper tables hold stay where those tables' runs are, so
+    adding the levers table moves no run."""
     cells = grid_plan.LEVERS.cells
     assert {(c.freeze_encoder, c.skip_connections, c.subset, c.recompute_bn) for c in cells} == {(False, True, 0.9,
                                                                                                   False)}
+    warm = grid_plan.Cell("simclr", False, warmup_epochs=2)
+    assert warm in cells and warm.name == "simclr-trained-warmup2-skip-90" and grid_plan.home(warm) == "levers"
+    with pytest.raises(ValueError, match="encoder trained afterwards"):
+        grid_plan.Cell("simclr", warmup_epochs=2)
+    levers = load(PROFILES / "grid-cpu.yaml")
+    runs = grid_plan.plan(levers)["finetune"]
+    assert runs[f"{warm.name}-s0"]["finetune"]["warmup_epochs"] == 2
+    assert runs[f"{warm.name}-s0"]["finetune"]["epochs"] == runs["none-trained-skip-90-s0"]["finetune"]["epochs"]
+    assert runs["simclr-trained-skip-90-s0"]["finetune"]["warmup_epochs"] == 0
+    # records made before the setting existed ran without a warm-up: they still match their plan entries
+    recorded = {k: v for k, v in runs["simclr-trained-skip-90-s0"]["finetune"].items() if k != "warmup_epochs"}
+    assert grid_runs.same_finetuning(recorded, runs["simclr-trained-skip-90-s0"]["finetune"])
+    assert not grid_runs.same_finetuning(recorded, runs[f"{warm.name}-s0"]["finetune"])
     assert grid_plan.home(grid_plan.Cell("simclr", freeze_encoder=False)) == "table2"
     assert grid_plan.home(grid_plan.Cell("none", freeze_encoder=False)) == "shared"
     assert grid_plan.home(grid_plan.Cell("mae_patch", False, variant="with_pets")) == "levers"

@@ -1,5 +1,6 @@
 """Supervised fine-tuning on pet trimaps with Dice loss, from a pretrained checkpoint or from
-scratch; frozen or trainable encoder; keeps the weights of the best validation epoch."""
+scratch; frozen or trainable encoder (optionally frozen for the first epochs only); keeps the weights
+of the best validation epoch."""
 from __future__ import annotations
 
 import logging
@@ -85,6 +86,7 @@ def finetune(
     if cfg.freeze_encoder:
         freeze_encoder(model)
     model = runtime.model(model)
+    # A warmed-up encoder is in the optimizer from the start: Adam skips it while it has no gradients.
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     run_key = {**asdict(cfg), "n_train": len(train_idx), "n_val": len(val_idx),
                "pretrained_method": (pretrained or {}).get("method", "none"), **(resume_key or {})}
@@ -103,7 +105,10 @@ def finetune(
         recompute_batchnorm_stats(model, train_images, runtime, batch_size)
     last_loss = None
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        train_mode(model, cfg.freeze_encoder)
+        encoder_frozen = cfg.freeze_encoder or epoch <= cfg.warmup_epochs
+        if cfg.warmup_epochs:  # LP-FT (Kumar et al. 2022): the fresh decoder and head first, then everything
+            freeze_encoder(model, encoder_frozen)
+        train_mode(model, encoder_frozen)
         order = torch.randperm(n, generator=generator)
         total, steps = 0.0, 0
         bar = progress(range(0, n, batch_size), f"finetune epoch {epoch}/{cfg.epochs}")

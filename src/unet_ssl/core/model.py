@@ -122,14 +122,16 @@ class ProjectionHead(nn.Module):
         return self.mlp(pooled)
 
 
-def freeze_encoder(model: UNet) -> None:
-    """Stops gradients to the encoder and keeps its batch-norm statistics fixed.
+def freeze_encoder(model: UNet, frozen: bool = True) -> None:
+    """Stops (or, with `frozen=False`, restores) gradients to the encoder; a frozen encoder keeps its
+    batch-norm statistics fixed.
 
-    Call `model.train()` through `train_mode` below so the encoder stays in eval mode.
+    Call `model.train()` through `train_mode` below so a frozen encoder stays in eval mode.
     """
     for p in model.encoder.parameters():
-        p.requires_grad_(False)
-    model.encoder.eval()
+        p.requires_grad_(not frozen)
+    if frozen:
+        model.encoder.eval()
 
 
 def train_mode(model: UNet, encoder_frozen: bool) -> None:

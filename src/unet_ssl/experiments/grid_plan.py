@@ -46,6 +46,7 @@ class Cell:
     projection: str = "bottleneck"  # SimCLR's projection head: bottleneck | multi_level
     recompute_bn: bool = False  # re-estimate batch-norm statistics on the training pets before fine-tuning
     variant: str = ""  # a pretraining variant of the profile's `grid.pretrain_variants` (the levers table)
+    warmup_epochs: int = 0  # first fine-tuning epochs with the encoder frozen (finetune.warmup_epochs)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -55,11 +56,15 @@ class Cell:
         if self.variant and (self.method == "none" or not self.variant.replace("_", "").isalnum()):
             raise ValueError(f"pretraining variant {self.variant!r}: needs a pretraining method and a name of "
                              "letters, digits and underscores")
+        if self.warmup_epochs and self.freeze_encoder:
+            raise ValueError("a warm-up with the encoder frozen needs an encoder trained afterwards")
 
     @property
     def name(self) -> str:
-        """Readable and free of dots (DVC reads dots in parameter names as nesting): simclr-frozen-skip-90."""
+        """Readable and free of dots (DVC reads dots in parameter names as nesting): simclr-frozen-skip-90,
+        simclr-trained-warmup2-skip-90."""
         encoder = "frozen" if self.freeze_encoder else "trained"
+        encoder += f"-warmup{self.warmup_epochs}" if self.warmup_epochs else ""
         skips = "skip" if self.skip_connections else "noskip"
         norms = "-bnrecomputed" if self.recompute_bn else ""
         return f"{self.pretrained_by}-{encoder}{norms}-{skips}-{self.subset * 100:g}".replace(".", "p")
@@ -164,6 +169,10 @@ LEVERS = Table(
             (Cell("mae_patch", False, variant="with_pets_masked_loss"),)),
         Row("SimCLR + dense pixel contrast on the decoder's features (Wang et al. 2021; Pinheiro et al. 2020)",
             (Cell("dense", freeze_encoder=False),)),
+        Row("SimCLR, encoder frozen for the first 2 fine-tuning epochs (LP-FT, Kumar et al. 2022)",
+            (Cell("simclr", False, warmup_epochs=2),)),
+        Row("MAE, patch masking + the training split's pets, encoder frozen for the first 2 fine-tuning epochs "
+            "(LP-FT)", (Cell("mae_patch", False, variant="with_pets", warmup_epochs=2),)),
     ),
 )
 LEVER_PAPERS = (
@@ -178,6 +187,9 @@ LEVER_PAPERS = (
     "Pinheiro, Almahairi, Benmalek, Golemo, Courville (2020), Unsupervised Learning of Dense Visual Representations "
     "(VADeR): an encoder-decoder trained with per-pixel contrast, a pixel's positive being the same spot in the "
     "other view.",
+    "Kumar, Raghunathan, Jones, Ma, Liang (2022), Fine-Tuning can Distort Pretrained Features and Underperform "
+    "Out-of-Distribution (LP-FT): a fresh head's early gradients distort pretrained features; training the head "
+    "on the frozen encoder first, then everything, avoids that.",
     "Akiba et al. (2019), Optuna: A Next-generation Hyperparameter Optimization Framework (the tuning study).",
 )
 
@@ -293,7 +305,7 @@ def plan(params: dict) -> dict:
                 "pretrained": f"{(GRID_PRETRAIN_VARIANTS if variant else GRID_PRETRAINED).as_posix()}/{key}",
                 "finetune": {**params["finetune"], "freeze_encoder": cell.freeze_encoder,
                              "skip_connections": cell.skip_connections, "subset": cell.subset,
-                             "recompute_bn_stats": cell.recompute_bn},
+                             "recompute_bn_stats": cell.recompute_bn, "warmup_epochs": cell.warmup_epochs},
                 "runtime": {**params["runtime"], **(params["grid"].get("finetune_runtime") or {})},
             }
     return {"pretrain": pretrain_runs, "pretrain_variant": variant_runs, "finetune": finetune_runs}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -225,7 +226,7 @@ def finetune_run(params: dict, key: str) -> None:
                            "pretrain_run": entry["pretrain"]}}
     tags = {"method": cell.method, "projection": cell.projection, "freeze_encoder": cell.freeze_encoder,
             "skip_connections": cell.skip_connections, "subset": cell.subset, "recompute_bn_stats": cell.recompute_bn,
-            "seed": seed, "grid_cell": cell.name, "variant": cell.variant,
+            "warmup_epochs": cell.warmup_epochs, "seed": seed, "grid_cell": cell.name, "variant": cell.variant,
             "grid_tables": ",".join(tables), "grid_profile": params["profile"], "grid_run": key}
     out = run_dir(entry)
     out.mkdir(parents=True, exist_ok=True)
@@ -258,7 +259,8 @@ def finetune_run(params: dict, key: str) -> None:
             "key": key, "cell": cell.name, "tables": tables, "seed": seed, "method": cell.method,
             "projection": cell.projection, "variant": cell.variant, "freeze_encoder": cell.freeze_encoder,
             "skip_connections": cell.skip_connections, "subset": cell.subset, "recompute_bn_stats": cell.recompute_bn,
-            "precision": entry["runtime"]["precision"], "profile": params["profile"],
+            "warmup_epochs": cell.warmup_epochs, "precision": entry["runtime"]["precision"],
+            "profile": params["profile"],
             "pretrain_run": entry["pretrain"], "pretrain_dir": entry["pretrained"],
             "pretrain_mlflow_run_id": pretraining["mlflow_run_id"],
             "pretrain_seconds": pretraining["seconds"], "finetune": entry["finetune"],
@@ -275,6 +277,12 @@ def finetune_run(params: dict, key: str) -> None:
           f"(paper-style {scores['paper_style']['jaccard']:.3f}), {seconds:.0f}s")
 
 
+def same_finetuning(recorded: dict, planned: dict) -> bool:
+    """Whether a run record's fine-tuning settings are the plan's; a record made before a setting existed
+    ran with its default (finetune.warmup_epochs: no warm-up)."""
+    return asdict(FinetuneConfig(**recorded)) == asdict(FinetuneConfig(**planned))
+
+
 def results(params: dict, cells: list[grid_plan.Cell] | None = None) -> pd.DataFrame:
     """One row per planned fine-tuning run that has a result (of `cells`, or all), newest plan only:
     leftovers of earlier profiles in grid/runs/ are ignored, also where the new plan uses their folder
@@ -286,7 +294,7 @@ def results(params: dict, cells: list[grid_plan.Cell] | None = None) -> pd.DataF
         path = run_dir(entry) / GRID_RESULT
         if (names is None or entry["cell"] in names) and path.is_file():
             record = json.loads(path.read_text())
-            if record["profile"] == params["profile"] and record["finetune"] == entry["finetune"]:
+            if record["profile"] == params["profile"] and same_finetuning(record["finetune"], entry["finetune"]):
                 rows.append(record | {"path": str(path.parent)})
     return pd.DataFrame(rows)
 
