@@ -86,7 +86,7 @@ def test_nothing_is_pretrained_twice():
     # table reuses Table 2's SimCLR and scratch cells and adds a trained-encoder MAE cell, the dense one and
     # SimCLR's with an LP-FT warm-up (the same checkpoint, fine-tuned otherwise)
     assert users["simclr-s0"] == 14 and users["mae_patch-s0"] == 3 and users["none-s0"] == 13
-    assert users["mae_patch-with_pets-s0"] == 2 and users["mae_patch-with_pets-s3"] == 1
+    assert users["mae_patch-with_pets-s0"] == 1 and users["mae_patch-with_pets-s3"] == 2  # its LP-FT row: seeds 3-5
     assert users["dense-s0"] == 1 and plan["pretrain"]["dense-s0"]["skip_connections"]
     # the variants' pretraining runs are planned apart, one per variant, method and seed
     assert sorted(plan["pretrain_variant"]) == sorted([
@@ -107,7 +107,7 @@ def test_nothing_is_pretrained_twice():
         pre = runs[entry["pretrain"]]
         assert pre["seed"] == entry["seed"]
         assert pre["pretrain"]["method"] == grid_plan.cell_by_name(entry["cell"]).method
-    assert len(plan["finetune"]) == (12 + 24 - 3 + 10) * 3 + 2 * 3  # two cells with 3 more seeds (cell_seeds)
+    assert len(plan["finetune"]) == (12 + 24 - 3 + 10) * 3 + 2 * 3  # two cells with 3 more seeds, one with others
 
 
 def test_cells_with_their_own_seeds_get_those_runs_and_their_pretraining():
