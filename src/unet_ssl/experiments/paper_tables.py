@@ -333,8 +333,9 @@ def levers_lines(frame: pd.DataFrame) -> list[str]:
     return ["## Scores", "",
             "Every row fine-tunes the same way (the profile's `finetune` group: same epochs, batch, learning rate, "
             "augmentation, weights of the best validation epoch) with the encoder trained and skips on, on 90% of "
-            "the pets (the whole training split); only the starting weights differ. A lever pays off where both "
-            "the validation and the test interval against training from scratch exclude zero in its favour; "
+            "the pets (the whole training split); only the starting weights differ, and in the LP-FT rows when "
+            "the encoder starts training (frozen for the first epochs, in the same budget). A lever pays off where "
+            "both the validation and the test interval against training from scratch exclude zero in its favour; "
             "validation decides, test confirms.", "",
             *table(["pretraining", "seeds", "val Jaccard", "test Jaccard", "cats Jaccard (test)",
                     "dogs Jaccard (test)", "val vs from scratch", "test vs from scratch",
