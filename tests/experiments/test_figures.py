@@ -45,3 +45,5 @@ def test_learning_curves_legend_sits_below_the_panel_within_the_figures_width(dr
     box = legend.get_window_extent(renderer)
     assert box.y1 <= fig.axes[0].get_tightbbox(renderer).y0  # below the panel, not over the curves
     assert box.width <= fig.bbox.width  # one column per panel: as wide as the figure at most, not cut off
+    styles = [(line.get_color(), line.get_linestyle()) for line in legend.get_lines()]
+    assert len(styles) > 10 and len(set(styles)) == len(styles)  # more rows than colours, and still no two alike

@@ -47,10 +47,14 @@ def save(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
+def row_style(i: int) -> tuple[tuple, str]:
+    """Row i's colour and line style: ten colours, then the same colours dashed, so no two rows look alike."""
+    return plt.get_cmap("tab10").colors[i % 10], ("-", "--", ":")[i // 10 % 3]
+
+
 def learning_curves(frame: pd.DataFrame, table: grid_plan.Table, path: Path) -> None:
     """Validation Jaccard per epoch (mean over seeds, band = min..max), one panel per column."""
     fig, axes = plt.subplots(1, len(table.columns), figsize=(5.5 * len(table.columns), 4.8), squeeze=False)
-    colours = plt.get_cmap("tab10").colors
     handles = {}
     for col, (ax, title) in enumerate(zip(axes[0], table.columns)):
         for i, row in enumerate(table.rows):
@@ -59,9 +63,10 @@ def learning_curves(frame: pd.DataFrame, table: grid_plan.Table, path: Path) -> 
                 continue
             curves = pd.DataFrame([[h.get("val_jaccard", math.nan) for h in hist] for hist in runs["history"]])
             epochs = np.arange(1, curves.shape[1] + 1)
-            handles[row.label], = ax.plot(epochs, curves.mean(), marker=".", color=colours[i % 10])
+            colour, dashes = row_style(i)
+            handles[row.label], = ax.plot(epochs, curves.mean(), marker=".", color=colour, linestyle=dashes)
             if len(runs) > 1:
-                ax.fill_between(epochs, curves.min(), curves.max(), alpha=0.15, color=colours[i % 10])
+                ax.fill_between(epochs, curves.min(), curves.max(), alpha=0.15, color=colour)
         ax.set(title=f"fine-tuning on {title} of the pets", xlabel="epoch", ylabel="validation Jaccard (dataset-level)")
     fig.tight_layout()
     # below the panels, one legend column per panel: a label is about as wide as one panel
