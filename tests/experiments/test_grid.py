@@ -113,9 +113,12 @@ def test_nothing_is_pretrained_twice():
 def test_cells_with_their_own_seeds_get_those_runs_and_their_pretraining():
     """`grid.cell_seeds` narrows one comparison's interval without running every cell again."""
     params = load(PROFILES / "grid-cpu.yaml")
-    more = {"none-trained-skip-90": [0, 1, 2, 3, 4, 5], "mae_patch-with_pets-trained-skip-90": [0, 1, 2, 3, 4, 5]}
+    more = {"none-trained-skip-90": [0, 1, 2, 3, 4, 5], "mae_patch-with_pets-trained-skip-90": [0, 1, 2, 3, 4, 5],
+            "mae_patch-with_pets-trained-warmup2-skip-90": [3, 4, 5]}  # other seeds, not more
     assert params["grid"]["cell_seeds"] == more
     plan = grid_plan.plan(params)
+    assert {k for k in plan["finetune"] if k.startswith("mae_patch-with_pets-trained-warmup2-")} == {
+        f"mae_patch-with_pets-trained-warmup2-skip-90-s{seed}" for seed in (3, 4, 5)}
     assert {k for k in plan["finetune"] if k.endswith(("-s3", "-s4", "-s5"))} == {
         f"{cell}-s{seed}" for cell in more for seed in (3, 4, 5)}
     assert {k for k in plan["pretrain_variant"] if k.endswith("-s5")} == {"mae_patch-with_pets-s5"}
