@@ -66,8 +66,8 @@ class FinetuneConfig:
 
     def __post_init__(self):
         if self.warmup_epochs and self.freeze_encoder:
-            raise ValueError("finetune.warmup_epochs: the encoder is frozen throughout (finetune.freeze_encoder); "
-                             "set warmup_epochs to 0")
+            raise ValueError("finetune.warmup_epochs: a warm-up with the encoder frozen needs an encoder trained "
+                             "afterwards, and finetune.freeze_encoder freezes it throughout; set warmup_epochs to 0")
         if not 0 < self.subset <= FULL_TRAINING_FRACTION:
             raise ValueError(f"finetune.subset must be in (0, {FULL_TRAINING_FRACTION}], got {self.subset}")
         if self.augment not in ("none", "flip", "flip_crop"):

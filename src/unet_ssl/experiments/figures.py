@@ -48,7 +48,8 @@ def save(fig: plt.Figure, path: Path) -> None:
 
 
 def row_style(i: int) -> tuple[tuple, str]:
-    """Row i's colour and line style: ten colours, then the same colours dashed, so no two rows look alike."""
+    """The i-th row's (or pretraining's) colour and line style: ten colours, then the same colours dashed, so no
+    two look alike."""
     return plt.get_cmap("tab10").colors[i % 10], ("-", "--", ":")[i // 10 % 3]
 
 
@@ -78,7 +79,6 @@ def learning_curves(frame: pd.DataFrame, table: grid_plan.Table, path: Path) -> 
 def pretraining_curves(frame: pd.DataFrame, path: Path) -> None:
     """Loss per epoch, a line per pretraining run, one colour and legend entry per pretraining (its seeds alike)."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    colours = plt.get_cmap("tab10").colors
     folders = {grid_pretraining(r.pretrain_run, getattr(r, "pretrain_dir", None)) for r in frame.itertuples()}
     pretraining = {f: f.name.rsplit("-s", 1)[0] for f in folders}  # the run key without its seed
     pretrainings = sorted(set(pretraining.values()))
@@ -87,8 +87,9 @@ def pretraining_curves(frame: pd.DataFrame, path: Path) -> None:
         history = json.loads((folder / GRID_PRETRAIN_RECORD).read_text())["history"]
         if history:
             name = pretraining[folder]
-            line, = ax.plot([h["epoch"] for h in history], [h["loss"] for h in history], marker=".",
-                            color=colours[pretrainings.index(name) % 10])
+            colour, dashes = row_style(pretrainings.index(name))
+            line, = ax.plot([h["epoch"] for h in history], [h["loss"] for h in history], marker=".", color=colour,
+                            linestyle=dashes)
             handles.setdefault(name, line)
     ax.set(title="pretraining loss (NT-Xent for SimCLR, MSE for MAE)", xlabel="epoch", ylabel="loss", yscale="log")
     if handles:

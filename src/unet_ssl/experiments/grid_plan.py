@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from unet_ssl.config import METHODS, pretrains_decoder
+from unet_ssl.config import METHODS, FinetuneConfig, pretrains_decoder
 from unet_ssl.paths import GRID_PRETRAIN_VARIANTS, GRID_PRETRAINED
 
 SUBSETS = (0.9, 0.1, 0.01)
@@ -56,8 +56,7 @@ class Cell:
         if self.variant and (self.method == "none" or not self.variant.replace("_", "").isalnum()):
             raise ValueError(f"pretraining variant {self.variant!r}: needs a pretraining method and a name of "
                              "letters, digits and underscores")
-        if self.warmup_epochs and self.freeze_encoder:
-            raise ValueError("a warm-up with the encoder frozen needs an encoder trained afterwards")
+        FinetuneConfig(freeze_encoder=self.freeze_encoder, warmup_epochs=self.warmup_epochs)  # its warm-up rule
 
     @property
     def name(self) -> str:
