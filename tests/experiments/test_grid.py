@@ -176,6 +176,15 @@ def test_the_levers_stage_depends_on_its_own_runs_and_its_baselines_folders_only
     assert [c.name for c in grid_plan.levers_baselines()] == ["none-trained-skip-90", "simclr-trained-skip-90"]
 
 
+@pytest.mark.parametrize("table", ["table1", "table2"])
+def test_a_paper_table_depends_on_its_run_folders_only(table):
+    """Not on grid/pretrain as a whole: `make table1` must not pretrain the levers' dense runs kept there."""
+    deps = yaml.safe_load((REPO / "grid" / "dvc.yaml").read_text())["stages"][table]["deps"]
+    grid_deps = {d for d in deps if d.startswith("grid/")}
+    assert grid_deps == {f"grid/runs/{table}", "grid/runs/shared", "grid/data/pets"}
+    assert {grid_plan.home(c) for c in grid_plan.TABLES[table].cells} == {table, "shared"}
+
+
 def test_mae_cells_without_skips_get_their_own_pretraining():
     cell = grid_plan.Cell("mae_patch", skip_connections=False)
     assert cell.pretrain_key(1) == "mae_patch-noskip-s1" != grid_plan.Cell("mae_patch").pretrain_key(1)
