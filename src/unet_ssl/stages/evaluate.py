@@ -18,6 +18,7 @@ from unet_ssl.core.inference import (
     load_segmenter,
     overlay,
     segment,
+    with_tta,
 )
 from unet_ssl.core.model import UNet
 from unet_ssl.core.runtime import make_runtime, progress
@@ -68,9 +69,10 @@ MODEL_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # runs:/..., models:/...,
 
 
 def evaluate_folder(checkpoint_path: Path, images_dir: Path, trimaps_dir: Path, out: Path, batch_size: int = 16,
-                    paper_batch_size: int = PAPER_BATCH_SIZE) -> dict:
+                    paper_batch_size: int = PAPER_BATCH_SIZE, tta: str = "none") -> dict:
     """Scores a fine-tuned checkpoint on any folder of images and trimaps (official 1/2/3 values,
-    matched by file stem, any size): each pair is resized to the checkpoint's training resolution."""
+    matched by file stem, any size): each pair is resized to the checkpoint's training resolution.
+    `tta` is a test-time augmentation of core.inference.TTA_MODES."""
     from unet_ssl.core.resize import resize_image, resize_mask
     from unet_ssl.data.images import decode_trimap, trimap_to_classes
 
@@ -95,12 +97,12 @@ def evaluate_folder(checkpoint_path: Path, images_dir: Path, trimaps_dir: Path, 
         xs.append(resize_image(decoded.pixels, size))
         ys.append(trimap_to_classes(resize_mask(trimap, size)))
     runtime = make_runtime(INFERENCE_RUNTIME)
-    scores, _ = evaluate_model(runtime.model(model), torch.stack(xs), torch.stack(ys), runtime, batch_size,
-                               paper_batch_size)
-    result = score_record(scores)
+    scores, _ = evaluate_model(with_tta(runtime.model(model), tta), torch.stack(xs), torch.stack(ys), runtime,
+                               batch_size, paper_batch_size)
+    result = score_record(scores) | {"tta": tta}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"evaluate: {result['n_images']} images at {size}px, F1 {scores['f1']:.3f}, "
+    print(f"evaluate: {result['n_images']} images at {size}px, tta {tta}, F1 {scores['f1']:.3f}, "
           f"Jaccard {scores['jaccard']:.3f} -> {out}")
     return result
 
@@ -173,11 +175,12 @@ def decode_all(paths: list[Path]) -> tuple[list[tuple[Path, DecodedImage]], list
 
 
 def predict_photos(source: str, paths: list[Path], out: Path, batch_size: int = 16,
-                   on_bad_input: str = "error") -> dict:
+                   on_bad_input: str = "error", tta: str = "none") -> dict:
     """Writes `out/<stem>.png` (class map at the photo's own size in the official trimap values 1 pet,
     2 background, 3 border) and `out/<stem>_overlay.jpg` for every photo. With on_bad_input `error`
     every photo is decoded first and nothing is written if any is unusable (one message names them
-    all); with `skip` the usable ones are written and the others listed."""
+    all); with `skip` the usable ones are written and the others listed. `tta`: a mode of
+    core.inference.TTA_MODES."""
     from PIL import Image
 
     if on_bad_input not in ON_BAD_INPUT:
@@ -185,7 +188,7 @@ def predict_photos(source: str, paths: list[Path], out: Path, batch_size: int = 
     photos, ignored = photo_paths(paths)
     model, size = load_inference_model(source)
     runtime = make_runtime(INFERENCE_RUNTIME)
-    model = runtime.model(model)
+    model = with_tta(runtime.model(model), tta)
     start = time.perf_counter()
     if on_bad_input == "error":
         _, bad = decode_all(photos)
