@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from unet_ssl.config import ParamsError, load_params
-from unet_ssl.paths import RAW
+from unet_ssl.paths import PETS, RAW
 
 FOLDER_BATCH_SIZE = 16  # `evaluate --checkpoint` images per forward pass unless --batch-size says otherwise
 
@@ -16,6 +16,8 @@ FOLDER_BATCH_SIZE = 16  # `evaluate --checkpoint` images per forward pass unless
 BENCH_WORKLOADS = ("simclr", "mae", "finetune", "evaluate")
 BENCH_PRECISIONS = ("fp32", "bf16")
 TTA_MODES = ("none", "flip", "flip_scales")  # = unet_ssl.core.inference.TTA_MODES
+TTA_HELP = ("test-time augmentation: average the logits over the mirror image (flip) and also 1.25x the side "
+            "(flip_scales); `unet-ssl tta` measures each on validation (default none)")
 PIPELINE_STAGES = ("prepare-pets", "prepare-pretrain", "validate", "pretrain", "finetune", "evaluate", "report")
 
 
@@ -294,9 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON file for the scores")
     p.add_argument("--batch-size", type=_at_least(1), help="images per forward pass (default: evaluate.batch_size "
                    f"for the test split, {FOLDER_BATCH_SIZE} for folders); scores do not depend on it")
-    p.add_argument("--tta", choices=TTA_MODES, default="none",
-                   help="test-time augmentation: average the logits over the mirror image (flip) and also 1.25x "
-                        "the side (flip_scales); `unet-ssl tta` measures each on validation (default none)")
+    p.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("predict", help="mask (trimap values 1 pet, 2 background, 3 border) and overlay for each photo, "
@@ -308,15 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_at_least(1), default=16, help="photos per forward pass (default 16)")
     p.add_argument("--on-bad-input", choices=("error", "skip"), default="error",
                    help="error: write nothing and name every unusable photo; skip: write the others and list them")
-    p.add_argument("--tta", choices=TTA_MODES, default="none",
-                   help="test-time augmentation: average the logits over the mirror image (flip) and also 1.25x "
-                        "the side (flip_scales); `unet-ssl tta` measures each on validation (default none)")
+    p.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("tta", help="score a fine-tuned model with each test-time augmentation on the validation "
                                    "and test pets; the best on validation is chosen (report: --out)")
     p.add_argument("--checkpoint", default="models/pets-unet.pt", help="fine-tuned checkpoint (default: the released)")
-    p.add_argument("--pets", default="data/prepared/pets/pets.pt",
+    p.add_argument("--pets", default=str(PETS),
                    help="prepared pets at the model's resolution (default: the main pipeline's)")
     p.add_argument("--out", default="reports/tta.md", help="markdown report (default: reports/tta.md)")
     p.set_defaults(func=_tta)
