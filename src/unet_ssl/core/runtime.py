@@ -5,6 +5,7 @@ import contextlib
 import math
 import os
 import random
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -59,8 +60,19 @@ class Runtime:
             torch.cuda.synchronize(self.device)
 
 
-def make_runtime(params: dict) -> Runtime:
-    """From the `runtime` group of params.yaml: device 'auto' picks CUDA when present."""
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware: a GPU that torch says supports it, or a CPU with AVX-512 BF16 or
+    AMX (oneDNN's bf16 kernels). Elsewhere bf16 is emulated: on an AVX2-only AMD EPYC a 128-px fine-tuning step ran
+    at 0.2 images/s in bf16 against 4.9 in fp32 (`unet-ssl bench`, 2026-12-06)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def make_runtime(params: dict, emulated_bf16: bool = False) -> Runtime:
+    """From the `runtime` group of params.yaml: device 'auto' picks CUDA when present. bf16 asked for on a device
+    without native bf16 runs in fp32, with a warning (the precision used is the Runtime's, which records report),
+    unless `emulated_bf16` (the bf16 numerics experiment wants bf16's rounding however slow)."""
     name = params.get("device", "auto")
     device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
     if device.type == "cuda" and device.index is None:
@@ -68,6 +80,10 @@ def make_runtime(params: dict) -> Runtime:
     precision = params.get("precision", "fp32")
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"runtime.precision must be 'fp32' or 'bf16', got {precision!r}")
+    if precision == "bf16" and not emulated_bf16 and not native_bf16(device):
+        warnings.warn(f"runtime.precision bf16: {device} has no native bf16 (CPU: AVX-512 BF16 or AMX), where it runs "
+                      "tens of times slower than fp32; this run uses fp32", stacklevel=2)
+        precision = "fp32"
     if params.get("num_threads"):
         torch.set_num_threads(int(params["num_threads"]))
     return Runtime(device, precision, bool(params.get("channels_last", True)))

@@ -259,7 +259,7 @@ def finetune_run(params: dict, key: str) -> None:
             "key": key, "cell": cell.name, "tables": tables, "seed": seed, "method": cell.method,
             "projection": cell.projection, "variant": cell.variant, "freeze_encoder": cell.freeze_encoder,
             "skip_connections": cell.skip_connections, "subset": cell.subset, "recompute_bn_stats": cell.recompute_bn,
-            "warmup_epochs": cell.warmup_epochs, "precision": entry["runtime"]["precision"],
+            "warmup_epochs": cell.warmup_epochs, "precision": runtime.precision,
             "profile": params["profile"],
             "pretrain_run": entry["pretrain"], "pretrain_dir": entry["pretrained"],
             "pretrain_mlflow_run_id": pretraining["mlflow_run_id"],

@@ -46,7 +46,7 @@ def bf16_numerics(data: BenchData, params: dict, seeds: list[int], epochs: int, 
     for seed in seeds:
         train_idx, val_idx, test_idx = finetuning_splits(data.split, cfg.subset, seed)
         for precision in ("fp32", "bf16"):
-            runtime = make_runtime({**params["runtime"], "device": device, "precision": precision})
+            runtime = make_runtime({**params["runtime"], "device": device, "precision": precision}, emulated_bf16=True)
             generator = seed_everything(seed)
             row = {"seed": seed, "precision": precision, "stage": stage, "n_train": len(train_idx),
                    "n_val": len(val_idx), "n_test": len(test_idx), "channels_last": runtime.channels_last,
