@@ -143,6 +143,7 @@ def test_numerics_verdict_reads_validation_alone_with_a_paired_interval():
     assert verdict["speedup"] == pytest.approx(2.0) and verdict["speedup_seeds"] == 5
 
 
+@pytest.mark.slow  # 21 s on a 2-core AVX2 box: two pipeline stages, each in a child process, to read their peak RSS
 def test_stage_memory_reads_each_stage_peak_rss(tmp_path, sample_data, params):
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     shutil.copytree(ROOT / "sample", tmp_path / "data" / "raw")

@@ -169,6 +169,7 @@ def test_a_copied_study_reports_without_prepared_pets_or_with_other_ones(tmp_pat
             in (tmp_path / "tuning.md").read_text())
 
 
+@pytest.mark.slow  # 28 s on a 2-core AVX2 box; the default suite checks one process's resumable study above
 def test_two_processes_add_trials_to_one_study_at_once(workdir):
     params = tiny_params()
     before = len(load(params).trials) if Path(params["tune"]["storage"]).is_file() else 0
