@@ -48,8 +48,8 @@ def test_every_mode_is_scored_and_the_best_on_validation_is_chosen(pets_128, tmp
     pets = torch.load(pets_128, weights_only=True)
     test = split_indices(pets["split"], "test")
     runtime = make_runtime({"device": "cpu", "precision": "fp32", "channels_last": False})
+    model, _ = load_segmenter(MODEL)
     for s in scored:  # each mode's test score is that of the wrapped model, however the study batches it
-        model, _ = load_segmenter(MODEL)
         direct, _ = evaluate_model(with_tta(model, s.mode), pets["images"][test], pets["masks"][test], runtime, 5, 256)
         assert s.jaccard("test") == pytest.approx(direct["jaccard"], abs=1e-9)
 

@@ -16,6 +16,7 @@ from unet_ssl.core.runtime import Runtime
 
 NUM_CLASSES = len(CLASS_NAMES)
 DEFAULT_IMAGE_SIZE = 128  # fine-tuning's default resolution, for checkpoints that do not record theirs
+INFERENCE_RUNTIME = {"device": "auto", "precision": "fp32", "channels_last": False}  # scoring a finished model
 OVERLAY_COLOURS = {0: (255, 0, 0), 2: (255, 255, 0)}  # pet red, border yellow; background left as is
 OVERLAY_ALPHA = 0.45
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from unet_ssl.config import CLASS_NAMES
-from unet_ssl.core.inference import TTA_MODES, load_segmenter, predict, with_tta
+from unet_ssl.core.inference import INFERENCE_RUNTIME, TTA_MODES, load_segmenter, predict, with_tta
 from unet_ssl.core.metrics import scores_from_confusion
 from unet_ssl.core.runtime import make_runtime
 from unet_ssl.core.stats import describe, paired_bootstrap, per_image_confusion
@@ -23,7 +23,6 @@ from unet_ssl.render import number, table
 
 SPLITS = ("val", "test")
 BATCH = 64  # pets per forward pass; scores do not depend on it
-RUNTIME = {"device": "auto", "precision": "fp32", "channels_last": False}
 VIEWS_TEXT = {"none": "the photo", "flip": "the photo and its mirror image",
               "flip_scales": "the photo and its mirror image, each also at 1.25x the side"}
 
@@ -44,7 +43,7 @@ def score_modes(checkpoint: Path, pets_path: Path,
     """Every mode over the validation and test pets of `pets_path` (prepared at the model's resolution)."""
     model, size = load_segmenter(checkpoint)
     pets = load_pets(pets_path, size)
-    runtime = make_runtime(RUNTIME)
+    runtime = make_runtime(INFERENCE_RUNTIME)
     model = runtime.model(model)
     index = {split: split_indices(pets["split"], split) for split in SPLITS}
     scored = []

@@ -13,6 +13,7 @@ from unet_ssl.config import CLASS_NAMES
 from unet_ssl.core import checkpoint
 from unet_ssl.core.inference import (
     DEFAULT_IMAGE_SIZE,
+    INFERENCE_RUNTIME,
     classes_to_trimap,
     evaluate_model,
     load_segmenter,
@@ -61,7 +62,6 @@ def run(params: dict) -> None:
           f"Jaccard {scores['paper_style']['jaccard']:.3f})")
 
 
-INFERENCE_RUNTIME = {"device": "auto", "precision": "fp32", "channels_last": False}
 PAPER_BATCH_SIZE = 256  # params.yaml's evaluate.paper_batch_size, so --batch-size (a speed knob) changes no score
 ON_BAD_INPUT = ("error", "skip")
 MAX_LISTED = 20  # bad photos named one by one in the error message; the rest are counted

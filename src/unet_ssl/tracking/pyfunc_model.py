@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import torch
 
-from unet_ssl.core.inference import classes_to_trimap, load_segmenter, segment
+from unet_ssl.core.inference import INFERENCE_RUNTIME, classes_to_trimap, load_segmenter, segment
 from unet_ssl.core.runtime import make_runtime
 
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -25,7 +25,7 @@ class PetsSegmenter(mlflow.pyfunc.PythonModel):
     """Photos in, trimap-valued class maps out (not logits), so a client needs no post-processing."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.runtime = make_runtime({"device": "auto", "precision": "fp32", "channels_last": False})
+        self.runtime = make_runtime(INFERENCE_RUNTIME)
         model, self.image_size = load_segmenter(Path(context.artifacts[CHECKPOINT_ARTIFACT]))
         self.model = self.runtime.model(model)
 
